@@ -1,0 +1,306 @@
+"""Settings: one YAML file plus environment overrides, validated once at start.
+
+Everything else in the package receives a ``Settings`` object and trusts it, so
+every check that can be done before the first cycle is done here, with a message
+that names the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "FAILURE_PREDICTOR_"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names every bad key."""
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a Prometheus-style duration ("90s", "1h30m") or a plain number."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like '30s' or '5m', got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = _DURATION_PART.findall(text)
+            if "".join(n + u for n, u in parts) != text:
+                raise ValueError(f"expected a duration like '30s', '5m' or '1h30m', got {value!r}")
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        raise ValueError(f"expected a duration like '30s' or '5m', got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest Prometheus duration string for a whole number of seconds."""
+    whole = round(seconds)
+    if whole != seconds or whole == 0:
+        return f"{round(seconds * 1000)}ms"
+    for unit in ("w", "d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+DEFAULT_SIGNALS: dict[str, str] = {
+    # Placeholders: {by} is the comma-separated target labels, {rate_window} the
+    # configured rate window. CPU falls back to cores used when a pod has no limit.
+    "cpu": (
+        '(sum by ({by}) (rate(container_cpu_usage_seconds_total{container!="",container!="POD"}[{rate_window}]))'
+        ' / sum by ({by}) (kube_pod_container_resource_limits{resource="cpu"}))'
+        ' or sum by ({by}) (rate(container_cpu_usage_seconds_total{container!="",container!="POD"}[{rate_window}]))'
+    ),
+    "memory": (
+        'sum by ({by}) (container_memory_working_set_bytes{container!="",container!="POD"})'
+        ' / sum by ({by}) (kube_pod_container_resource_limits{resource="memory"})'
+    ),
+    "latency": (
+        "histogram_quantile(0.99, sum by ({by}, le) (rate(http_request_duration_seconds_bucket[{rate_window}])))"
+    ),
+    "errors": (
+        '(sum by ({by}) (rate(http_requests_total{code=~"5.."}[{rate_window}]))'
+        " or sum by ({by}) (rate(http_requests_total[{rate_window}])) * 0)"
+        " / sum by ({by}) (rate(http_requests_total[{rate_window}]))"
+    ),
+}
+CORE_SIGNALS = tuple(DEFAULT_SIGNALS)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BasicAuth(_Strict):
+    username: str
+    password: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BasicAuth:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("set exactly one of password or password_file")
+        if self.password_file is not None:
+            _require_readable(self.password_file)
+        return self
+
+
+def _require_readable(path: Path) -> None:
+    if not path.is_file():
+        raise ValueError(f"file {str(path)!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"file {str(path)!r} is not readable")
+
+
+class PrometheusSettings(_Strict):
+    """How to reach Prometheus or any API speaking its HTTP query protocol."""
+
+    url: str = "http://localhost:9090"
+    timeout: Duration = 10.0
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff: Duration = 0.5
+    bearer_token: str | None = None
+    bearer_token_file: Path | None = None
+    basic_auth: BasicAuth | None = None
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"expected an http(s) URL like http://prometheus:9090, got {url!r}")
+        return url.rstrip("/")
+
+    @field_validator("bearer_token_file", "ca_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _require_readable(path)
+        return path
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> PrometheusSettings:
+        schemes = [self.bearer_token, self.bearer_token_file, self.basic_auth]
+        if sum(s is not None for s in schemes) > 1:
+            raise ValueError("set at most one of bearer_token, bearer_token_file, basic_auth")
+        return self
+
+
+class ModelSettings(_Strict):
+    path: Path = Path("models/default")
+
+
+class ListenSettings(_Strict):
+    address: str = "0.0.0.0"
+    port: int = Field(default=9847, ge=1, le=65535)
+
+
+class Settings(_Strict):
+    """The daemon's whole configuration; see README.md for every key."""
+
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    interval: Duration = 60.0
+    lookback: Duration = 3600.0
+    step: Duration = 60.0
+    rate_window: Duration = 300.0
+    target_labels: tuple[str, ...] = ("namespace", "pod")
+    signals: dict[str, str | None] = Field(default_factory=dict)
+    horizon: Duration = 1800.0
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    listen: ListenSettings = Field(default_factory=ListenSettings)
+    max_targets: int = Field(default=10_000, ge=1)
+    stale_after: Duration = 300.0
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+
+    @field_validator("target_labels")
+    @classmethod
+    def _label_names(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+        if not labels:
+            raise ValueError("at least one target label is needed")
+        for name in labels:
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid Prometheus label name")
+        if len(set(labels)) != len(labels):
+            raise ValueError("target labels must be unique")
+        return labels
+
+    @field_validator("signals")
+    @classmethod
+    def _signal_names(cls, signals: dict[str, str | None]) -> dict[str, str | None]:
+        for name, query in signals.items():
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"signal name {name!r} must be a valid identifier")
+            if query is not None and not query.strip():
+                raise ValueError(f"signal {name!r} has an empty query (use null to disable it)")
+        return signals
+
+    @model_validator(mode="after")
+    def _window_shape(self) -> Settings:
+        points = self.lookback / self.step
+        if points < 2:
+            raise ValueError(f"lookback ({self.lookback:g}s) must cover at least 2 steps of {self.step:g}s")
+        if points > 11_000:
+            raise ValueError("lookback / step exceeds Prometheus's 11,000 points per series")
+        if self.stale_after < self.interval:
+            raise ValueError("stale_after must be at least one interval")
+        if not self.queries:
+            raise ValueError("every signal is disabled: at least one signal is needed")
+        return self
+
+    @property
+    def queries(self) -> dict[str, str]:
+        """Effective PromQL per signal: defaults, then user overrides, placeholders filled."""
+        by = ",".join(self.target_labels)
+        window = format_duration(self.rate_window)
+        merged: dict[str, str | None] = {**DEFAULT_SIGNALS, **self.signals}
+        return {
+            name: query.replace("{by}", by).replace("{rate_window}", window)
+            for name, query in merged.items()
+            if query is not None
+        }
+
+
+def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay FAILURE_PREDICTOR_A__B=value onto raw["a"]["b"]; values parse as YAML scalars."""
+    merged = dict(raw)
+    for key, text in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX) or len(key) == len(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[path[-1]] = _env_value(text)
+    return merged
+
+
+def _env_value(text: str) -> Any:
+    """YAML scalars and lists ("5m", "3", "[job, instance]"); anything else stays text."""
+    if not text.strip():
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, dict) else value
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, overlay the environment, validate; raise ConfigError naming each bad key."""
+    raw: Any = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(raw).__name__}")
+    raw = apply_env(raw, os.environ if environ is None else environ)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per problem: the dotted key, what is wrong, and the offending value."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{key}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """The settings as plain YAML-able data, durations as strings, secrets masked."""
+    data = settings.model_dump(mode="json")
+    for key in ("interval", "lookback", "step", "rate_window", "horizon", "stale_after"):
+        data[key] = format_duration(data[key])
+    for key in ("timeout", "backoff"):
+        data["prometheus"][key] = format_duration(data["prometheus"][key])
+    if data["prometheus"]["bearer_token"]:
+        data["prometheus"]["bearer_token"] = "<secret>"
+    if data["prometheus"]["basic_auth"] and data["prometheus"]["basic_auth"]["password"]:
+        data["prometheus"]["basic_auth"]["password"] = "<secret>"
+    data["signals"] = settings.queries
+    return data

@@ -1,0 +1,216 @@
+"""Window features for every target at once.
+
+All arithmetic runs on ``[rows, time]`` arrays with NaN masks, so scoring 10,000
+targets costs the same few numpy calls as scoring ten. Rows are targets in the
+daemon and (target, time) samples in training: the same code serves both, which
+is what keeps training and serving features identical.
+
+Rates are per *step*, not per second: a window is a fixed number of steps, so a
+model trained on 60 s steps reads a 1 s-step window of the same shape the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from exporter.frame import Frame
+
+SHORT_SPAN = 10  # steps: the "recent" part of the window for short-span rates
+EDGE = 5  # steps averaged at each end of the window for the long-span rate
+LIMITED_SIGNALS = ("cpu", "memory")  # signals expressed as a fraction of a limit
+EXHAUSTION_CAP = 1000.0  # steps; "not approaching the limit" is reported as this
+PER_SIGNAL = (
+    "last",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "slope",
+    "zscore",
+    "rate_short",
+    "rate_long",
+    "rel_change",
+    "missing",
+)
+
+
+@dataclass(frozen=True)
+class Features:
+    """A feature matrix: one row per window, columns named by ``names``."""
+
+    values: np.ndarray
+    names: tuple[str, ...]
+
+    def column(self, name: str) -> np.ndarray:
+        return self.values[:, self.names.index(name)]
+
+
+def feature_names(signals: Sequence[str]) -> tuple[str, ...]:
+    """Column order for a signal list; the model bundle stores it to check at load."""
+    names = [f"{signal}_{stat}" for signal in signals for stat in PER_SIGNAL]
+    names += [f"{signal}_exhaustion_steps" for signal in LIMITED_SIGNALS if signal in signals]
+    if "cpu" in signals and "memory" in signals:
+        names += ["cpu_x_memory", "resource_pressure"]
+    if "errors" in signals and "latency" in signals:
+        names += ["errors_latency_corr", "errors_x_latency"]
+    names += ["time_of_day_sin", "time_of_day_cos"]
+    return tuple(names)
+
+
+def frame_features(frame: Frame) -> Features:
+    """Features of every target in a Frame, as of its newest timestamp."""
+    ends = np.full(len(frame.targets), frame.end)
+    return window_features(frame.values, ends, frame.signals)
+
+
+def window_features(values: np.ndarray, ends: np.ndarray, signals: Sequence[str]) -> Features:
+    """Features of ``values[rows, time, signals]`` windows ending at ``ends[rows]`` (Unix s)."""
+    columns: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for index, signal in enumerate(signals):
+            stats = _signal_stats(values[:, :, index])
+            columns.update({f"{signal}_{name}": column for name, column in stats.items()})
+        columns.update(_cross_signal(columns, values, signals))
+    columns.update(_time_of_day(ends))
+    names = feature_names(signals)
+    matrix = np.column_stack([columns[name] for name in names]) if len(values) else np.empty((0, len(names)))
+    return Features(values=matrix.astype(np.float64, copy=False), names=names)
+
+
+def _signal_stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    present = np.isfinite(x)
+    count = present.sum(axis=1)
+    filled = np.where(present, x, 0.0)
+    mean = filled.sum(axis=1) / count
+    std = np.sqrt(np.where(present, (x - mean[:, None]) ** 2, 0.0).sum(axis=1) / count)
+    last = last_observed(x)
+    lowest = np.where(present, x, np.inf).min(axis=1)
+    highest = np.where(present, x, -np.inf).max(axis=1)
+    empty = count == 0
+    lowest[empty] = np.nan
+    highest[empty] = np.nan
+    slope = nan_slope(x)
+    scale = np.maximum(std, 1e-3 * (np.abs(mean) + 1e-3))
+    return {
+        "last": last,
+        "mean": mean,
+        "std": std,
+        "min": lowest,
+        "max": highest,
+        "slope": slope,
+        "zscore": (last - mean) / scale,
+        "rate_short": nan_slope(x[:, -SHORT_SPAN:]),
+        "rate_long": _edge_rate(x),
+        "rel_change": slope * x.shape[1] / (np.abs(mean) + 1e-6),
+        "missing": 1.0 - count / max(x.shape[1], 1),
+    }
+
+
+def last_observed(x: np.ndarray) -> np.ndarray:
+    """The newest non-NaN value of each row (NaN when the row has none)."""
+    present = np.isfinite(x)
+    if x.shape[1] == 0:
+        return np.full(len(x), np.nan)
+    offset = np.argmax(present[:, ::-1], axis=1)
+    last = x[np.arange(len(x)), x.shape[1] - 1 - offset]
+    return np.where(present.any(axis=1), last, np.nan)
+
+
+def nan_slope(x: np.ndarray) -> np.ndarray:
+    """Least-squares slope per step over the present samples; NaN with fewer than two."""
+    present = np.isfinite(x)
+    count = present.sum(axis=1)
+    t = np.broadcast_to(np.arange(x.shape[1], dtype=float), x.shape)
+    t_mean = np.where(present, t, 0.0).sum(axis=1) / count
+    x_mean = np.where(present, x, 0.0).sum(axis=1) / count
+    dt = np.where(present, t - t_mean[:, None], 0.0)
+    dx = np.where(present, x - x_mean[:, None], 0.0)
+    slope = (dt * dx).sum(axis=1) / (dt * dt).sum(axis=1)
+    return np.where(count >= 2, slope, np.nan)
+
+
+def _nan_mean(x: np.ndarray) -> np.ndarray:
+    present = np.isfinite(x)
+    return np.where(present, x, 0.0).sum(axis=1) / present.sum(axis=1)
+
+
+def _edge_rate(x: np.ndarray) -> np.ndarray:
+    """Change per step between the means of the first and last EDGE steps: robust to spikes."""
+    span = x.shape[1] - EDGE
+    if span <= 0:
+        return np.full(len(x), np.nan)
+    return (_nan_mean(x[:, -EDGE:]) - _nan_mean(x[:, :EDGE])) / span
+
+
+def _cross_signal(columns: dict[str, np.ndarray], values: np.ndarray, signals: Sequence[str]) -> dict:
+    cross: dict[str, np.ndarray] = {}
+    for signal in LIMITED_SIGNALS:
+        if signal in signals:
+            cross[f"{signal}_exhaustion_steps"] = exhaustion_steps(
+                columns[f"{signal}_last"], columns[f"{signal}_slope"]
+            )
+    if "cpu" in signals and "memory" in signals:
+        cpu, memory = columns["cpu_last"], columns["memory_last"]
+        cross["cpu_x_memory"] = cpu * memory
+        cross["resource_pressure"] = np.fmax(cpu, memory)
+    if "errors" in signals and "latency" in signals:
+        errors = values[:, :, signals.index("errors")]
+        latency = values[:, :, signals.index("latency")]
+        cross["errors_latency_corr"] = nan_correlation(errors, latency)
+        cross["errors_x_latency"] = columns["errors_last"] * columns["latency_last"] / columns["latency_mean"]
+    return cross
+
+
+def exhaustion_steps(last: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """Steps until a limit ratio reaches 1.0 at the current slope, capped at EXHAUSTION_CAP."""
+    steps = np.where(slope > 0, (1.0 - last) / slope, EXHAUSTION_CAP)
+    steps = np.clip(steps, 0.0, EXHAUSTION_CAP)
+    return np.where(np.isfinite(last) & np.isfinite(slope), steps, np.nan)
+
+
+def nan_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation per row over times where both are present; 0 for flat series."""
+    both = np.isfinite(a) & np.isfinite(b)
+    count = both.sum(axis=1)
+    a_mean = np.where(both, a, 0.0).sum(axis=1) / count
+    b_mean = np.where(both, b, 0.0).sum(axis=1) / count
+    da = np.where(both, a - a_mean[:, None], 0.0)
+    db = np.where(both, b - b_mean[:, None], 0.0)
+    spread = np.sqrt((da * da).sum(axis=1) * (db * db).sum(axis=1))
+    corr = np.where(spread > 0, (da * db).sum(axis=1) / np.where(spread > 0, spread, 1.0), 0.0)
+    return np.where(count >= 3, corr, np.nan)
+
+
+def _time_of_day(ends: np.ndarray) -> dict[str, np.ndarray]:
+    angle = 2 * np.pi * (np.asarray(ends, dtype=float) % 86400.0) / 86400.0
+    return {"time_of_day_sin": np.sin(angle), "time_of_day_cos": np.cos(angle)}
+
+
+def select(features: Features, names: Sequence[str]) -> np.ndarray:
+    """Columns in the order a model expects; a feature this frame lacks is all-NaN."""
+    index = {name: i for i, name in enumerate(features.names)}
+    out = np.full((len(features.values), len(names)), np.nan)
+    for column, name in enumerate(names):
+        if name in index:
+            out[:, column] = features.values[:, index[name]]
+    return out
+
+
+def signal_weights(names: Sequence[str], signals: Sequence[str]) -> np.ndarray:
+    """``[features, signals]`` shares: how much of each feature belongs to each signal.
+
+    Per-signal features belong wholly to their signal, cross-signal features are
+    split evenly between the signals they combine, time features to none.
+    """
+    weights = np.zeros((len(names), len(signals)))
+    pairs = {"cpu_x_memory": ("cpu", "memory"), "resource_pressure": ("cpu", "memory")}
+    pairs |= {"errors_latency_corr": ("errors", "latency"), "errors_x_latency": ("errors", "latency")}
+    for row, name in enumerate(names):
+        owners = pairs.get(name) or tuple(s for s in signals if name.startswith(f"{s}_"))[:1]
+        for owner in owners:
+            if owner in signals:
+                weights[row, list(signals).index(owner)] = 1.0 / len(owners)
+    return weights

@@ -1,0 +1,222 @@
+"""The model bundle: a directory holding everything the daemon needs to score.
+
+Layout: ``manifest.json`` (format version, features in order, horizon, window
+shape, training window, metrics, library versions, sha256 of every file),
+``classifier.ubj`` (XGBoost's native format) and ``detector.joblib``.
+
+A bundle is loaded whole or not at all: every checksum and the feature list are
+verified before anything is returned, so a daemon never scores with half a model.
+joblib files are pickles: only load bundles you trust (checksums catch
+corruption, not tampering).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import xgboost as xgb
+
+from exporter.features import Features, feature_names, select, signal_weights
+from exporter.models.anomaly import AnomalyDetector
+from exporter.models.classifier import FailureClassifier
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CLASSIFIER_FILE = "classifier.ubj"
+DETECTOR_FILE = "detector.joblib"
+_LIBRARIES = ("xgboost-cpu", "xgboost", "scikit-learn", "pyod", "numpy")
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    kind: str  # "bootstrap" (shipped, synthetic) or "trained" (user history)
+    trained_at: str
+    horizon_seconds: float
+    step_seconds: float
+    window_steps: int
+    signals: tuple[str, ...]
+    features: tuple[str, ...]
+    calibration: tuple[float, float]
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    libraries: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One scoring pass: row i of every array belongs to row i of the feature matrix."""
+
+    probability: np.ndarray
+    anomaly: np.ndarray
+    contributions: np.ndarray  # [rows, features + 1] SHAP on the margin, last column the bias
+    signal_contributions: np.ndarray  # [rows, signals] SHAP grouped by signal
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    manifest: Manifest
+    classifier: FailureClassifier
+    detector: AnomalyDetector
+
+    def score(self, features: Features) -> Scores:
+        """Score every row in one call of each model."""
+        matrix = select(features, self.manifest.features)
+        contributions = self.classifier.contributions(matrix)
+        margin = contributions.sum(axis=1)
+        weights = signal_weights(self.manifest.features, self.manifest.signals)
+        return Scores(
+            probability=self.classifier.calibrate(margin),
+            anomaly=self.detector.score(matrix),
+            contributions=contributions,
+            signal_contributions=contributions[:, :-1] @ weights,
+        )
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
+    """Write into a sibling temp dir, then rename: readers see the old or the new bundle."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        bundle.classifier.booster_.save_model(staging / CLASSIFIER_FILE)
+        joblib.dump(bundle.detector, staging / DETECTOR_FILE)
+        files = {name: sha256(staging / name) for name in (CLASSIFIER_FILE, DETECTOR_FILE)}
+        manifest = asdict(bundle.manifest) | {"files": files}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        for path in staging.iterdir():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+        staging.chmod(0o755)
+        _swap_in(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    if not target.exists():
+        staging.rename(target)
+        return
+    retired = target.with_name(f".{target.name}.old-{os.getpid()}")
+    target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def load_bundle(directory: str | Path) -> ModelBundle:
+    """Load and verify a bundle; raise BundleError rather than return anything partial."""
+    root = Path(directory)
+    manifest = _read_manifest(root)
+    for name in (CLASSIFIER_FILE, DETECTOR_FILE):
+        _verify_file(root, name, manifest.files)
+    expected = feature_names(manifest.signals)
+    if manifest.features != expected:
+        raise BundleError(
+            f"{root}: the bundle's feature list does not match what this version computes for signals "
+            f"{list(manifest.signals)}; missing here {sorted(set(manifest.features) - set(expected))}, "
+            f"new here {sorted(set(expected) - set(manifest.features))}. Retrain the model."
+        )
+    classifier = _load_classifier(root, manifest)
+    detector = _load_detector(root, manifest)
+    return ModelBundle(manifest=manifest, classifier=classifier, detector=detector)
+
+
+def _read_manifest(root: Path) -> Manifest:
+    path = root / MANIFEST
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{root}: no {MANIFEST}; is this a model bundle directory?") from None
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: unreadable manifest: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path}: manifest must be a JSON object")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: format_version {raw.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    try:
+        slope, intercept = (float(v) for v in raw["calibration"])
+        fields = {"signals": tuple(raw["signals"]), "features": tuple(raw["features"])}
+        return Manifest(**(raw | fields | {"calibration": (slope, intercept)}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: manifest fields are wrong: {exc!r}") from None
+
+
+def _verify_file(root: Path, name: str, files: dict[str, str]) -> None:
+    path = root / name
+    if name not in files:
+        raise BundleError(f"{root}: manifest lists no checksum for {name}")
+    if not path.is_file():
+        raise BundleError(f"{path}: missing from the bundle")
+    actual = sha256(path)
+    if actual != files[name]:
+        raise BundleError(
+            f"{path}: checksum mismatch (manifest {files[name][:12]}..., file {actual[:12]}...)"
+        )
+
+
+def _load_classifier(root: Path, manifest: Manifest) -> FailureClassifier:
+    booster = xgb.Booster()
+    try:
+        booster.load_model(root / CLASSIFIER_FILE)
+    except xgb.core.XGBoostError as exc:
+        raise BundleError(f"{root / CLASSIFIER_FILE}: XGBoost cannot load it: {exc}") from None
+    if booster.num_features() != len(manifest.features):
+        raise BundleError(
+            f"{root / CLASSIFIER_FILE}: model takes {booster.num_features()} features, "
+            f"manifest lists {len(manifest.features)}"
+        )
+    classifier = FailureClassifier()
+    classifier.booster_ = booster
+    classifier.calibration_ = manifest.calibration
+    return classifier
+
+
+def _load_detector(root: Path, manifest: Manifest) -> AnomalyDetector:
+    try:
+        detector = joblib.load(root / DETECTOR_FILE)
+    except Exception as exc:
+        raise BundleError(f"{root / DETECTOR_FILE}: cannot be unpickled: {exc}") from None
+    if not isinstance(detector, AnomalyDetector) or detector.fill_.shape != (len(manifest.features),):
+        raise BundleError(
+            f"{root / DETECTOR_FILE}: not an anomaly detector for {len(manifest.features)} features"
+        )
+    return detector

@@ -1,0 +1,131 @@
+"""Expose the current Snapshot and the daemon's health as Prometheus metrics.
+
+A custom Collector builds every per-target family afresh from the current
+Snapshot at scrape time, so a target that vanished is simply not yielded (a
+long-lived ``Gauge.labels(...)`` per target would leak stale series forever).
+Self-monitoring metrics with bounded labels live in ordinary prometheus_client
+metrics on the same registry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter.service.state import State
+from exporter.snapshot import Snapshot
+
+STAGES = ("query", "features", "score", "publish")
+
+
+class SelfMetrics:
+    """Counters and histograms the scoring cycle updates as it runs."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.cycle_duration = Histogram(
+            "failure_predictor_cycle_duration_seconds",
+            "Time spent per stage of a scoring cycle.",
+            ["stage"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.query_errors = Counter(
+            "failure_predictor_query_errors_total",
+            "Signal queries that failed, by signal and reason.",
+            ["signal", "reason"],
+            registry=registry,
+        )
+        self.cycles = Counter(
+            "failure_predictor_cycles_total",
+            "Scoring cycles run, by outcome (success or failure).",
+            ["outcome"],
+            registry=registry,
+        )
+        for stage in STAGES:
+            self.cycle_duration.labels(stage)
+        for outcome in ("success", "failure"):
+            self.cycles.labels(outcome)
+
+
+class SnapshotCollector(Collector):
+    """Yields per-target gauges from ``state.snapshot`` unless it is older than ``stale_after``."""
+
+    def __init__(
+        self,
+        state: State,
+        target_labels: tuple[str, ...],
+        stale_after: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._state = state
+        self._labels = target_labels
+        self._stale_after = stale_after
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state
+        yield from self._health(state)
+        snapshot = state.snapshot
+        if snapshot is not None and self._clock() - snapshot.created_at <= self._stale_after:
+            yield from self._targets(snapshot)
+
+    def _health(self, state: State) -> Iterator[Metric]:
+        bundle = state.bundle
+        info = GaugeMetricFamily(
+            "failure_predictor_model_info",
+            "The model bundle serving predictions (value is always 1).",
+            labels=["version", "trained_at", "kind"],
+        )
+        if bundle is not None:
+            info.add_metric([bundle.manifest.version, bundle.manifest.trained_at, bundle.manifest.kind], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "failure_predictor_model_loaded",
+            "1 when a model bundle is loaded and serving, else 0.",
+            value=int(bundle is not None),
+        )
+        last = GaugeMetricFamily(
+            "failure_predictor_last_success_timestamp_seconds",
+            "Unix time at the end of the last successful cycle.",
+        )
+        if state.last_success is not None:
+            last.add_metric([], state.last_success)
+        yield last
+        snapshot = state.snapshot
+        yield GaugeMetricFamily(
+            "failure_predictor_targets",
+            "Targets scored in the last successful cycle.",
+            value=0 if snapshot is None else len(snapshot.targets),
+        )
+
+    def _targets(self, snapshot: Snapshot) -> Iterator[Metric]:
+        labels = list(self._labels)
+        probability = GaugeMetricFamily(
+            "failure_probability",
+            "Calibrated probability that the target fails within the horizon.",
+            labels=[*labels, "horizon"],
+        )
+        risk = GaugeMetricFamily(
+            "failure_risk_level", "Risk level: 0 minimal, 1 low, 2 medium, 3 high, 4 critical.", labels=labels
+        )
+        anomaly = GaugeMetricFamily(
+            "anomaly_score", "Isolation Forest anomaly score normalised to [0, 1].", labels=labels
+        )
+        contribution = GaugeMetricFamily(
+            "failure_probability_contribution",
+            "Share of the failure score attributed to each signal (SHAP, positive part, sums to 1).",
+            labels=[*labels, "signal"],
+        )
+        levels = snapshot.risk
+        for row, target in enumerate(snapshot.targets):
+            values = [target.get(name, "") for name in labels]
+            probability.add_metric([*values, snapshot.horizon], float(snapshot.probability[row]))
+            risk.add_metric(values, int(levels[row]))
+            anomaly.add_metric(values, float(snapshot.anomaly[row]))
+            for column, signal in enumerate(snapshot.signals):
+                contribution.add_metric([*values, signal], float(snapshot.contribution[row, column]))
+        yield from (probability, risk, anomaly, contribution)

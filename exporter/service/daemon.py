@@ -1,0 +1,168 @@
+"""The scoring cycle and its schedule.
+
+One cycle: fetch the window (one query per signal), compute features for every
+target, score them all in one call per model, publish a new Snapshot. A cycle
+that fails leaves the previous Snapshot in place (the collector hides it once it
+is older than ``stale_after``) and records why, so the daemon never crashes on
+bad data and never loses its model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
+
+from exporter.config import Settings, format_duration
+from exporter.features import frame_features
+from exporter.models.bundle import ModelBundle
+from exporter.service.collector import SelfMetrics, SnapshotCollector
+from exporter.service.state import State
+from exporter.snapshot import ModelInfo, Snapshot, contribution_shares
+from exporter.sources import Source
+
+log = logging.getLogger(__name__)
+
+
+class CycleFailed(Exception):
+    """Nothing usable came out of this cycle; the message says why."""
+
+
+def served_horizon(bundle: ModelBundle, step: float) -> float:
+    """Features are per step, so a model trained for N steps ahead predicts N of *our* steps."""
+    manifest = bundle.manifest
+    return manifest.horizon_seconds / manifest.step_seconds * step
+
+
+def check_compatibility(bundle: ModelBundle, settings: Settings) -> list[str]:
+    """Differences between how the model was trained and how it is being served."""
+    manifest, problems = bundle.manifest, []
+    window = round(settings.lookback / settings.step)
+    if window != manifest.window_steps:
+        problems.append(
+            f"lookback/step gives {window} steps per window, the model was trained on {manifest.window_steps}"
+        )
+    if abs(served_horizon(bundle, settings.step) - settings.horizon) > 1e-6:
+        problems.append(
+            f"the model predicts {manifest.horizon_seconds / manifest.step_seconds:g} steps ahead, i.e. "
+            f"{format_duration(served_horizon(bundle, settings.step))} at step {format_duration(settings.step)}, "
+            f"not the configured horizon {format_duration(settings.horizon)}"
+        )
+    missing = sorted(set(manifest.signals) - set(settings.queries))
+    if missing:
+        problems.append(f"signals {missing} are disabled; their features will be missing")
+    return problems
+
+
+class Daemon:
+    """Owns the state, the registry and the schedule; the HTTP layer only reads them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        bundle: ModelBundle,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.state = State(bundle=bundle)
+        self.registry = registry or CollectorRegistry()
+        self.metrics = SelfMetrics(self.registry)
+        self.registry.register(
+            SnapshotCollector(self.state, settings.target_labels, settings.stale_after, clock)
+        )
+        self.horizon = format_duration(served_horizon(bundle, settings.step))
+        self.on_cycle: list[Callable[[Snapshot], None]] = []
+        self._clock = clock
+        self._scheduler = BackgroundScheduler(daemon=True)
+        for problem in check_compatibility(bundle, settings):
+            log.warning("model and config differ", extra={"problem": problem})
+
+    def run_cycle(self) -> Snapshot:
+        """One scoring pass; raises CycleFailed when there is nothing to publish."""
+        bundle = self.state.bundle
+        if bundle is None:
+            raise CycleFailed("no model bundle is loaded")
+        with self.metrics.cycle_duration.labels("query").time():
+            fetch = self.source.fetch()
+        for error in fetch.errors:
+            self.metrics.query_errors.labels(error.signal, error.reason).inc()
+        failed = {error.signal for error in fetch.errors}
+        if failed >= set(self.source.signals):
+            raise CycleFailed(f"every signal query failed: {fetch.errors[0].message}")
+        with self.metrics.cycle_duration.labels("features").time():
+            features = frame_features(fetch.frame)
+        with self.metrics.cycle_duration.labels("score").time():
+            scores = bundle.score(features)
+        with self.metrics.cycle_duration.labels("publish").time():
+            manifest = bundle.manifest
+            snapshot = Snapshot(
+                created_at=self._clock(),
+                data_time=fetch.frame.end,
+                horizon=self.horizon,
+                model=ModelInfo(manifest.version, manifest.trained_at, manifest.kind),
+                signals=manifest.signals,
+                targets=fetch.frame.targets,
+                probability=scores.probability,
+                anomaly=scores.anomaly,
+                contribution=contribution_shares(scores.signal_contributions),
+            )
+            self.state.snapshot = snapshot
+            self.state.last_success = snapshot.created_at
+        return snapshot
+
+    def cycle(self) -> None:
+        """The scheduled job: never raises, records the outcome on metrics and logs."""
+        try:
+            snapshot = self.run_cycle()
+        except Exception as exc:
+            self.state.last_error = str(exc)
+            self.metrics.cycles.labels("failure").inc()
+            log.error("cycle failed", extra={"error": str(exc)}, exc_info=not isinstance(exc, CycleFailed))
+            return
+        self.state.last_error = None
+        self.metrics.cycles.labels("success").inc()
+        log.debug("cycle done", extra={"targets": len(snapshot.targets)})
+        for listener in self.on_cycle:
+            listener(snapshot)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once a model is loaded and a cycle succeeded within stale_after."""
+        if self.state.bundle is None:
+            return False, "no model loaded"
+        if self.state.last_success is None:
+            return False, f"no successful cycle yet{self._because()}"
+        age = self._clock() - self.state.last_success
+        if age > self.settings.stale_after:
+            return (
+                False,
+                f"last successful cycle {age:.0f}s ago (stale_after {self.settings.stale_after:g}s){self._because()}",
+            )
+        return True, "ok"
+
+    def _because(self) -> str:
+        return f": {self.state.last_error}" if self.state.last_error else ""
+
+    def start(self) -> None:
+        """Cycle now and every interval; a slow cycle delays the next, never overlaps it."""
+        self._scheduler.add_job(
+            self.cycle,
+            "interval",
+            seconds=self.settings.interval,
+            next_run_time=datetime.now(),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(self.settings.interval)),
+            id="cycle",
+        )
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)

@@ -1,0 +1,67 @@
+"""The immutable result of one scoring cycle.
+
+A cycle builds a new Snapshot and swaps one reference; the collector and the HTTP
+handlers only read whichever Snapshot is current, so they never see half a cycle
+and need no locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+RISK_THRESHOLDS = np.array([0.2, 0.4, 0.6, 0.8])
+RISK_NAMES = ("MINIMAL", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+
+
+def risk_levels(probability: np.ndarray) -> np.ndarray:
+    """0 minimal .. 4 critical; a probability equal to a threshold takes the higher level."""
+    return np.searchsorted(RISK_THRESHOLDS, probability, side="right")
+
+
+def contribution_shares(signal_contributions: np.ndarray) -> np.ndarray:
+    """Each signal's share of what pushes the score *up* (rows sum to 1, or 0 if nothing does).
+
+    Signals arguing for "healthy" get 0: the question an operator asks is "why is
+    this risky?", not "what is it made of?".
+    """
+    positive = np.clip(signal_contributions, 0.0, None)
+    total = positive.sum(axis=1, keepdims=True)
+    return np.divide(positive, total, out=np.zeros_like(positive), where=total > 0)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    version: str
+    trained_at: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Scores of every target at ``data_time``; row i of each array is ``targets[i]``."""
+
+    created_at: float
+    data_time: float
+    horizon: str
+    model: ModelInfo
+    signals: tuple[str, ...]
+    targets: tuple[Mapping[str, str], ...]
+    probability: np.ndarray
+    anomaly: np.ndarray
+    contribution: np.ndarray  # [targets, signals] shares, see contribution_shares
+
+    @property
+    def risk(self) -> np.ndarray:
+        return risk_levels(self.probability)
+
+    def top_signals(self, row: int, count: int = 2) -> list[tuple[str, float]]:
+        """The signals pushing this target's score up the most, largest first."""
+        order = np.argsort(-self.contribution[row], kind="stable")[:count]
+        return [
+            (self.signals[i], float(self.contribution[row, i]))
+            for i in order
+            if self.contribution[row, i] > 0
+        ]

@@ -30,6 +30,8 @@ ENV_PREFIX = "FAILURE_PREDICTOR_"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Labels the exporter adds to its own series next to the target labels.
+RESERVED_LABELS = ("horizon", "signal")
 
 
 class ConfigError(Exception):
@@ -193,6 +195,10 @@ class Settings(_Strict):
         for name in labels:
             if not _LABEL_NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid Prometheus label name")
+            if name in RESERVED_LABELS:
+                raise ValueError(
+                    f"{name!r} is reserved: the exporter adds the labels {list(RESERVED_LABELS)} itself"
+                )
         if len(set(labels)) != len(labels):
             raise ValueError("target labels must be unique")
         return labels

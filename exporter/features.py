@@ -208,8 +208,11 @@ def signal_weights(names: Sequence[str], signals: Sequence[str]) -> np.ndarray:
     weights = np.zeros((len(names), len(signals)))
     pairs = {"cpu_x_memory": ("cpu", "memory"), "resource_pressure": ("cpu", "memory")}
     pairs |= {"errors_latency_corr": ("errors", "latency"), "errors_x_latency": ("errors", "latency")}
+    # Exact names, not prefixes: "cpu_throttle_mean" belongs to "cpu_throttle", not to "cpu".
+    stats = (*PER_SIGNAL, "exhaustion_steps")
+    pairs |= {f"{signal}_{stat}": (signal,) for signal in signals for stat in stats}
     for row, name in enumerate(names):
-        owners = pairs.get(name) or tuple(s for s in signals if name.startswith(f"{s}_"))[:1]
+        owners = pairs.get(name, ())
         for owner in owners:
             if owner in signals:
                 weights[row, list(signals).index(owner)] = 1.0 / len(owners)

@@ -194,7 +194,7 @@ def _verify_file(root: Path, name: str, files: dict[str, str]) -> None:
 
 
 def _load_classifier(root: Path, manifest: Manifest) -> FailureClassifier:
-    booster = xgb.Booster()
+    booster = xgb.Booster(params={"nthread": 1})  # predictable in a CPU-limited sidecar
     try:
         booster.load_model(root / CLASSIFIER_FILE)
     except xgb.core.XGBoostError as exc:

@@ -191,6 +191,22 @@ def align(
     return values, keys, duplicated
 
 
+def current_targets(
+    values: np.ndarray, keys: list[tuple[str, ...]]
+) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """Keep targets with a sample at the newest step in at least one signal.
+
+    A range query still returns a pod that vanished a minute ago (its older
+    samples are in the window); exporting it would be a stale series. Gauges
+    go stale at once; rate() signals linger for one rate window, as they do in
+    any PromQL dashboard.
+    """
+    if values.shape[1] == 0:
+        return values, keys
+    alive = np.isfinite(values[:, -1, :]).any(axis=1)
+    return values[alive], [key for key, keep in zip(keys, alive, strict=True) if keep]
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Decoding allocates millions of small objects; GC passes over them halve throughput."""
@@ -237,6 +253,7 @@ class PrometheusSource:
         per_signal = {s: o for s, o in outcomes.items() if isinstance(o, list)}
         errors = [o for o in outcomes.values() if isinstance(o, QueryError)]
         values, keys, duplicated = align(per_signal, self.signals, timestamps, self._settings.max_targets)
+        values, keys = current_targets(values, keys)
         errors += [
             QueryError(
                 s,

@@ -1,0 +1,31 @@
+"""Session-wide real servers: one fake workload and one Prometheus scraping it.
+
+Tests that disturb a server (stop it, remove pods or targets) should build their
+own from ``servers``/``workload`` instead, so test order never matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from servers import PrometheusServer
+from workload import Workload
+
+
+@pytest.fixture(scope="session")
+def workload() -> Iterator[Workload]:
+    """20 fake pods, one leaky and one erroring, served until the session ends."""
+    with Workload() as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def prometheus(workload: Workload, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A real Prometheus that has scraped ``workload`` (job ``workload``) at least twice, so rates exist."""
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"))
+    server.add_target("workload", workload.address)
+    with server:
+        selector = f'container_cpu_usage_seconds_total{{namespace="{workload.namespace}"}}'
+        server.wait_for(f"count(rate({selector}[10s])) == {len(workload.pods)}", timeout=30)
+        yield server

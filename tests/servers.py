@@ -1,0 +1,381 @@
+"""Real Prometheus and Alertmanager processes for tests, on 127.0.0.1 and free ports.
+
+Each server owns a working directory (config, data, log) that survives ``stop()``,
+so a test can stop a server and start it again on the same port and data to
+simulate an outage. Every started process is also ended by an ``atexit`` hook and,
+on Linux, by the kernel when the test process dies, so a crashed or killed test
+run leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+LOG_TAIL_LINES = 30
+PR_SET_PDEATHSIG = 1
+JOB_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+_running: set[subprocess.Popen[bytes]] = set()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _binary(env: str, command: str, package: str) -> str:
+    """Resolve a server binary, or skip the test (fail under CI, where a skip would hide a broken setup)."""
+    path = os.environ.get(env) or shutil.which(command)
+    if path:
+        return path
+    reason = f"{command} not found: install the Debian package {package!r} or set {env}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def prometheus_bin() -> str:
+    """The ``prometheus`` binary: ``$PROMETHEUS_BIN`` or the one on PATH."""
+    return _binary("PROMETHEUS_BIN", "prometheus", "prometheus")
+
+
+def promtool_bin() -> str:
+    """The ``promtool`` binary: ``$PROMTOOL_BIN`` or the one on PATH."""
+    return _binary("PROMTOOL_BIN", "promtool", "prometheus")
+
+
+def alertmanager_bin() -> str:
+    """The Alertmanager binary: ``$ALERTMANAGER_BIN`` or Debian's ``prometheus-alertmanager``."""
+    return _binary("ALERTMANAGER_BIN", "prometheus-alertmanager", "prometheus-alertmanager")
+
+
+# Looked up before any fork: the child between fork and exec should only make the call.
+_prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """Have Linux SIGTERM the child when pytest dies, even by SIGKILL, where atexit cannot run.
+
+    The kernel ties this to the thread that started the child: start servers from
+    the main thread (fixtures do), not from a short-lived worker thread.
+    """
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for process in list(_running):
+        process.kill()
+        process.wait()
+
+
+def _write_json(path: Path, content: Any) -> None:
+    """Write atomically, so a server polling the file never reads half of it (JSON is valid YAML)."""
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps(content, indent=2))
+    os.replace(staging, path)
+
+
+class _ServerProcess:
+    """Start, stop and readiness for one server process writing to ``<workdir>/<name>.log``.
+
+    Subclasses provide ``name`` and ``_argv()``; the server must answer ``GET /-/ready``.
+    """
+
+    name = "server"
+    ready_path = "/-/ready"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = self.workdir / f"{self.name}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = READY_TIMEOUT) -> Self:
+        """Start on the same port and data as any earlier run, and return once it is ready."""
+        if self._process is not None:
+            raise RuntimeError(f"{self.name} is already running on {self.address}")
+        self._log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            self._argv(), stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+        _running.add(self._process)
+        self.wait_ready(timeout)
+        return self
+
+    def stop(self) -> None:
+        """Terminate gracefully (killing after a timeout) and keep the workdir; safe to call twice."""
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        _running.discard(self._process)
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Poll the ready path; fail early if the process exits, and show its log either way."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited before it was ready\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}{self.ready_path}", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} on {self.address} not ready after {timeout} s\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines the server wrote, for error messages."""
+        if not self.log_path.exists():
+            return f"({self.log_path} does not exist)"
+        text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- last {len(text)} lines of {self.log_path} ---\n" + "\n".join(text)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class PrometheusQueryError(RuntimeError):
+    """Prometheus rejected a query; the message carries Prometheus's own explanation."""
+
+
+class PrometheusServer(_ServerProcess):
+    """A real Prometheus scraping every 1 s the targets that tests add at runtime.
+
+    Targets live in one ``file_sd`` JSON file per job under ``<workdir>/targets``,
+    re-read every second; Prometheus still batches discovery changes, so a new
+    target (and the very first scrape after start) takes up to ~5 s to be scraped.
+    A target's ``job`` label comes from the file, so a job needs no config reload.
+    """
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        workdir: Path,
+        rule_files: Sequence[Path | str] = (),
+        alertmanager_url: str | None = None,
+    ) -> None:
+        super().__init__(workdir)
+        self.binary = prometheus_bin()
+        self.config_path = self.workdir / "prometheus.yml"
+        self.data_path = self.workdir / "data"
+        self.targets_path = self.workdir / "targets"
+        self.targets_path.mkdir(exist_ok=True)
+        self._targets: dict[str, dict[str, dict[str, str]]] = {}
+        _write_json(self.config_path, _prometheus_config(self.targets_path, rule_files, alertmanager_url))
+
+    def _argv(self) -> list[str]:
+        return [
+            self.binary,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.data_path}",
+            "--storage.tsdb.retention.time=3650d",
+            f"--web.listen-address={self.address}",
+            "--web.enable-lifecycle",
+        ]
+
+    def add_target(self, job: str, address: str, labels: Mapping[str, str] | None = None) -> None:
+        """Scrape ``address`` as ``job`` with extra target ``labels`` (replacing earlier ones)."""
+        if not JOB_NAME.match(job):
+            raise ValueError(f"job {job!r} must match {JOB_NAME.pattern}: it names a file")
+        self._targets.setdefault(job, {})[address] = dict(labels or {})
+        self._write_targets(job)
+
+    def remove_target(self, job: str, address: str) -> None:
+        """Stop scraping ``address`` in ``job``; Prometheus marks its series stale."""
+        if address not in self._targets.get(job, {}):
+            raise KeyError(f"job {job!r} has no target {address!r}; targets: {self._targets}")
+        del self._targets[job][address]
+        self._write_targets(job)
+
+    def _write_targets(self, job: str) -> None:
+        groups = [
+            {"targets": [address], "labels": {**labels, "job": job}}
+            for address, labels in self._targets[job].items()
+        ]
+        _write_json(self.targets_path / f"{job}.json", groups)
+
+    def query(self, promql: str, at: float | None = None) -> list:
+        """Instant query at ``at`` (Unix seconds, default now); the ``result`` list of the answer."""
+        params = {"query": promql} if at is None else {"query": promql, "time": at}
+        response = requests.get(f"{self.url}/api/v1/query", params=params, timeout=10)
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if body.get("status") != "success":
+            detail = f"{body.get('errorType')}: {body.get('error')}" if body else response.text
+            raise PrometheusQueryError(f"{promql!r} failed with HTTP {response.status_code}: {detail}")
+        return body["data"]["result"]
+
+    def wait_for(
+        self,
+        promql: str,
+        predicate: Callable[[list], bool] = bool,
+        timeout: float = 20.0,
+        interval: float = 0.25,
+    ) -> list:
+        """Re-run ``promql`` until ``predicate(result)`` holds (by default: non-empty); return that result."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(promql)
+            if predicate(result):
+                return result
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{promql!r} did not satisfy {getattr(predicate, '__name__', predicate)} "
+                    f"within {timeout} s; last result: {result}\n{self.log_tail(10)}"
+                )
+            time.sleep(interval)
+
+
+def _prometheus_config(
+    targets_path: Path, rule_files: Sequence[Path | str], alertmanager_url: str | None
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [
+            {
+                "job_name": "file_sd",
+                # The daemon re-exports namespace/pod labels that must not become exported_*.
+                "honor_labels": True,
+                "file_sd_configs": [{"files": [str(targets_path / "*.json")], "refresh_interval": "1s"}],
+            }
+        ],
+    }
+    if alertmanager_url is not None:
+        parts = urlsplit(alertmanager_url)
+        config["alerting"] = {
+            "alertmanagers": [
+                {
+                    "scheme": parts.scheme or "http",
+                    "path_prefix": parts.path or "/",
+                    "static_configs": [{"targets": [parts.netloc]}],
+                }
+            ]
+        }
+    return config
+
+
+class AlertmanagerServer(_ServerProcess):
+    """A real Alertmanager without clustering; by default it routes every alert to a no-op receiver.
+
+    Pass ``config`` (the Alertmanager YAML as a dict) to route to a webhook instead.
+    """
+
+    name = "alertmanager"
+
+    def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(workdir)
+        self.binary = alertmanager_bin()
+        self.config_path = self.workdir / "alertmanager.yml"
+        self.data_path = self.workdir / "data"
+        default = {
+            "route": {
+                "receiver": "null",
+                "group_wait": "1s",
+                "group_interval": "1s",
+                "repeat_interval": "1h",
+            },
+            "receivers": [{"name": "null"}],
+        }
+        _write_json(self.config_path, config if config is not None else default)
+
+    def _argv(self) -> list[str]:
+        return [
+            self.binary,
+            f"--config.file={self.config_path}",
+            f"--storage.path={self.data_path}",
+            f"--web.listen-address={self.address}",
+            # Empty turns clustering off; otherwise it binds 0.0.0.0:9094 and gossips.
+            "--cluster.listen-address=",
+        ]
+
+
+class DaemonServer(_ServerProcess):
+    """The real ``failure-predictor run`` in a subprocess, configured from a dict.
+
+    The listen address and port are filled in; everything else comes from
+    ``config`` (the YAML config as a dict), so each test states what it relies on.
+    """
+
+    name = "failure-predictor"
+    ready_path = "/healthz"
+
+    def __init__(self, workdir: Path, config: Mapping[str, Any]) -> None:
+        super().__init__(workdir)
+        self.config_path = self.workdir / "config.yaml"
+        listen = {"listen": {"address": "127.0.0.1", "port": self.port}}
+        _write_json(self.config_path, {**config, **listen})
+
+    def _argv(self) -> list[str]:
+        return [sys.executable, "-m", "exporter", "run", "--config", str(self.config_path)]
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(f"{self.url}{path}", timeout=10)
+
+    def scores(self) -> dict[str, float]:
+        """failure_probability per pod from the JSON API (empty until a cycle succeeded)."""
+        body = self.get("/api/v1/targets").json()
+        return {row["labels"]["pod"]: row["failure_probability"] for row in body["targets"]}
+
+    def metric_value(self, name: str, **labels: str) -> float | None:
+        """One sample from /metrics, parsed with prometheus_client's own parser."""
+        for family in text_string_to_metric_families(self.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return None

@@ -1,0 +1,132 @@
+"""The daemon end to end against a real Prometheus scraping a fake workload.
+
+The daemon runs as a real ``failure-predictor run`` subprocess with the default
+signal queries; only the time scale is shrunk (1 s steps, a 60 s window, 10 s
+rate windows) so incidents unfold in seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from servers import DaemonServer, PrometheusServer
+from workload import Workload
+
+T = TypeVar("T")
+JOB = "failure-predictor"
+
+
+def daemon_config(prometheus: PrometheusServer) -> dict:
+    return {
+        "prometheus": {"url": prometheus.url, "timeout": "2s", "retries": 1, "backoff": "200ms"},
+        "interval": "1s",
+        "step": "1s",
+        "lookback": "60s",
+        "rate_window": "10s",
+        "horizon": "30s",
+        "stale_after": "5s",
+    }
+
+
+def eventually(check: Callable[[], T], timeout: float, message: str) -> T:
+    """Poll until ``check`` returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    pytest.fail(f"{message} within {timeout:g}s; last value: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def daemon(prometheus: PrometheusServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonServer]:
+    server = DaemonServer(tmp_path_factory.mktemp("daemon"), daemon_config(prometheus))
+    with server:
+        prometheus.add_target(JOB, server.address)
+        yield server
+        prometheus.remove_target(JOB, server.address)
+
+
+def test_leaking_and_erroring_pods_rank_above_every_healthy_pod(
+    daemon: DaemonServer, workload: Workload
+) -> None:
+    """Right after Prometheus starts, short rate windows make every pod look odd; once
+    the window fills, the two sick pods must stand clearly above all healthy ones."""
+
+    def separated() -> dict[str, float] | None:
+        scores = daemon.scores()
+        healthy = sorted(scores[pod] for pod in workload.healthy_pods if pod in scores)
+        at_risk = [scores.get(workload.leaky_pod, 0.0), scores.get(workload.erroring_pod, 0.0)]
+        if len(healthy) < len(workload.healthy_pods) or min(at_risk) <= max(healthy):
+            return None
+        return scores if min(at_risk) > 0.5 and healthy[len(healthy) // 2] < 0.2 else None
+
+    eventually(
+        separated, timeout=120, message="leaky and erroring pods never clearly outranked the healthy ones"
+    )
+
+
+def test_failure_probability_is_queryable_back_from_prometheus_with_target_labels(
+    daemon: DaemonServer, prometheus: PrometheusServer, workload: Workload
+) -> None:
+    query = f'failure_probability{{job="{JOB}", pod="{workload.leaky_pod}"}}'
+    result = prometheus.wait_for(query, timeout=30)
+    labels = result[0]["metric"]
+    assert labels["namespace"] == workload.namespace
+    assert labels["pod"] == workload.leaky_pod
+    assert labels["horizon"] == "30s"
+    contributions = prometheus.wait_for(f'failure_probability_contribution{{pod="{workload.leaky_pod}"}}')
+    assert {series["metric"]["signal"] for series in contributions} == {"cpu", "memory", "latency", "errors"}
+
+
+def test_vanished_pod_is_no_longer_exported(daemon: DaemonServer, workload: Workload) -> None:
+    pod = workload.healthy_pods[-1]
+    eventually(lambda: pod in daemon.scores(), timeout=30, message=f"{pod} was never scored")
+    workload.remove_pod(pod)
+
+    def gone() -> bool:
+        text = daemon.get("/metrics").text
+        return f'pod="{pod}"' not in text and pod not in daemon.scores()
+
+    eventually(gone, timeout=20, message=f"{pod} is still exported after leaving the workload")
+
+
+def test_daemon_survives_prometheus_outage_and_recovers(
+    daemon: DaemonServer, prometheus: PrometheusServer
+) -> None:
+    eventually(
+        lambda: daemon.get("/readyz").status_code == 200, timeout=30, message="daemon never became ready"
+    )
+    before = (
+        daemon.metric_value("failure_predictor_query_errors_total", signal="memory", reason="connection")
+        or 0.0
+    )
+    prometheus.stop()
+    try:
+        eventually(
+            lambda: daemon.get("/readyz").status_code == 503, timeout=20, message="daemon stayed ready"
+        )
+        assert daemon.get("/healthz").status_code == 200
+        assert "last successful cycle" in daemon.get("/readyz").json()["reason"]
+        errors = daemon.metric_value(
+            "failure_predictor_query_errors_total", signal="memory", reason="connection"
+        )
+        assert errors is not None and errors > before
+        assert daemon.metric_value("failure_probability") is None, "stale scores are still exported"
+    finally:
+        prometheus.start()
+    eventually(lambda: daemon.get("/readyz").status_code == 200, timeout=30, message="daemon did not recover")
+    assert daemon.scores()
+
+
+def test_daemon_config_file_is_valid_for_check_config(tmp_path: Path, prometheus: PrometheusServer) -> None:
+    from exporter.cli import main
+
+    server = DaemonServer(tmp_path, daemon_config(prometheus))
+    assert main(["check-config", str(server.config_path)]) == 0

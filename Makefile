@@ -1,0 +1,19 @@
+.PHONY: demo test bootstrap-model benchmark lint
+
+# Install and run the daemon on a simulated cluster: http://127.0.0.1:9847/
+demo:
+	./scripts/demo
+
+# Install everything (Debian Prometheus/Alertmanager when missing, pip packages) and run all tests.
+test:
+	./scripts/test
+
+# Rebuild the shipped bootstrap model (deterministic; ~30 s).
+bootstrap-model:
+	failure-predictor train --source simulate --out models/default --targets 48 --days 12 --seed 0
+
+benchmark:
+	python3 benchmarks/cycle.py --targets 1000 10000
+
+lint:
+	ruff check . && ruff format --check .

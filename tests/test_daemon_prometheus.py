@@ -94,7 +94,7 @@ def test_vanished_pod_is_no_longer_exported(daemon: DaemonServer, workload: Work
         text = daemon.get("/metrics").text
         return f'pod="{pod}"' not in text and pod not in daemon.scores()
 
-    eventually(gone, timeout=20, message=f"{pod} is still exported after leaving the workload")
+    eventually(gone, timeout=30, message=f"{pod} is still exported after leaving the workload")
 
 
 def test_daemon_survives_prometheus_outage_and_recovers(

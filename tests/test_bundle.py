@@ -1,0 +1,293 @@
+"""The model bundle: save/load round trip, corruption caught at load, and what the
+scores mean (calibrated probabilities, exact SHAP sums, bounded anomaly scores)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import Tiny, train_tiny_bundle
+
+from exporter import cli
+from exporter.features import Features, window_features
+from exporter.models.bundle import (
+    CLASSIFIER_FILE,
+    DETECTOR_FILE,
+    MANIFEST,
+    BundleError,
+    ModelBundle,
+    load_bundle,
+    save_bundle,
+    sha256,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Tiny:
+    return train_tiny_bundle()
+
+
+@pytest.fixture(scope="module")
+def saved(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pristine saved bundle; tests that damage one work on a copy (see ``copy``)."""
+    return save_bundle(tiny.bundle, tmp_path_factory.mktemp("saved") / "bundle")
+
+
+@pytest.fixture
+def copy(saved: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(saved, tmp_path / "bundle"))
+
+
+@pytest.fixture
+def rows(tiny: Tiny) -> Features:
+    """Every 7th training row: healthy and failing windows, some with blanked history."""
+    return Features(values=tiny.dataset.X[::7].astype(np.float64), names=tiny.dataset.names)
+
+
+def flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def edit_manifest(bundle: Path, **changes: object) -> None:
+    path = bundle / MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(manifest | changes))
+
+
+def test_round_trip_gives_identical_scores(tiny, saved, rows):
+    loaded = load_bundle(saved)
+
+    before, after = tiny.bundle.score(rows), loaded.score(rows)
+    np.testing.assert_array_equal(after.probability, before.probability)
+    np.testing.assert_array_equal(after.anomaly, before.anomaly)
+    np.testing.assert_array_equal(after.contributions, before.contributions)
+    assert loaded.manifest == dataclasses.replace(tiny.bundle.manifest, files=loaded.manifest.files)
+    assert set(loaded.manifest.files) == {CLASSIFIER_FILE, DETECTOR_FILE}
+
+
+@pytest.mark.parametrize("name", [CLASSIFIER_FILE, DETECTOR_FILE])
+def test_one_changed_byte_fails_the_checksum(copy, name):
+    flip_one_byte(copy / name)
+
+    with pytest.raises(BundleError, match=rf"{name}: checksum mismatch"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("name", [CLASSIFIER_FILE, DETECTOR_FILE])
+def test_missing_model_file_is_named(copy, name):
+    (copy / name).unlink()
+
+    with pytest.raises(BundleError, match=rf"{name}: missing from the bundle"):
+        load_bundle(copy)
+
+
+def test_missing_manifest_asks_whether_this_is_a_bundle(copy):
+    (copy / MANIFEST).unlink()
+
+    with pytest.raises(BundleError, match=r"no manifest\.json; is this a model bundle directory\?"):
+        load_bundle(copy)
+
+
+def test_directory_that_does_not_exist_is_a_bundle_error(tmp_path):
+    with pytest.raises(BundleError, match=r"no manifest\.json"):
+        load_bundle(tmp_path / "nothing-here")
+
+
+def test_garbage_manifest_is_unreadable(copy):
+    (copy / MANIFEST).write_text("{not json")
+
+    with pytest.raises(BundleError, match=r"manifest\.json: unreadable manifest"):
+        load_bundle(copy)
+
+
+def test_manifest_that_is_not_an_object_is_rejected(copy):
+    (copy / MANIFEST).write_text("[1, 2, 3]")
+
+    with pytest.raises(BundleError, match="manifest must be a JSON object"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("version", [2, 0, None, "1"])
+def test_unsupported_format_version_is_rejected(copy, version):
+    edit_manifest(copy, format_version=version)
+
+    with pytest.raises(BundleError, match=rf"format_version {version!r} is not supported \(expected 1\)"):
+        load_bundle(copy)
+
+
+def test_manifest_with_a_different_feature_list_is_rejected(copy, tiny):
+    features = [name if name != "cpu_mean" else "cpu_median" for name in tiny.dataset.names]
+    edit_manifest(copy, features=features)
+
+    with pytest.raises(BundleError) as error:
+        load_bundle(copy)
+    message = str(error.value)
+    assert "feature list does not match" in message
+    assert "'cpu_median'" in message  # in the bundle, not computed here
+    assert "'cpu_mean'" in message  # computed here, not in the bundle
+    assert "Retrain" in message
+
+
+def test_manifest_missing_a_field_is_rejected(copy):
+    manifest = json.loads((copy / MANIFEST).read_text())
+    del manifest["calibration"]
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+
+    with pytest.raises(BundleError, match="manifest fields are wrong"):
+        load_bundle(copy)
+
+
+def test_checksum_that_matches_a_foreign_file_still_fails_on_load(copy):
+    # Right checksum, wrong content: a valid manifest over a file that is not a model.
+    (copy / CLASSIFIER_FILE).write_bytes(b"not an xgboost model")
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["files"][CLASSIFIER_FILE] = sha256(copy / CLASSIFIER_FILE)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+
+    with pytest.raises(BundleError, match=r"classifier\.ubj: XGBoost cannot load it"):
+        load_bundle(copy)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``run`` configures the root logger for a daemon; put pytest's handlers back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_run_with_a_corrupt_bundle_exits_before_serving(copy, tmp_path, capsys, monkeypatch):
+    flip_one_byte(copy / DETECTOR_FILE)
+    config = tmp_path / "config.yaml"
+    config.write_text("listen:\n  port: 1\n")
+    monkeypatch.setenv("FAILURE_PREDICTOR_MODEL__PATH", str(copy))
+
+    def must_not_start(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a server was started with a corrupt bundle")
+
+    monkeypatch.setattr(cli, "make_server", must_not_start)
+    monkeypatch.setattr(cli, "Daemon", must_not_start)
+
+    code = cli.main(["run", "--config", str(config)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: cannot load model bundle" in err
+    assert f"{DETECTOR_FILE}: checksum mismatch" in err
+
+
+def test_saving_over_an_existing_bundle_replaces_it(tiny, tmp_path):
+    target = tmp_path / "bundle"
+    save_bundle(tiny.bundle, target)
+    (target / "leftover.txt").write_text("from the old bundle")
+    second = dataclasses.replace(
+        tiny.bundle, manifest=dataclasses.replace(tiny.bundle.manifest, version="second")
+    )
+
+    save_bundle(second, target)
+
+    assert load_bundle(target).manifest.version == "second"
+    assert not (target / "leftover.txt").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundle"]  # no staging or retired dirs
+
+
+def test_failed_save_leaves_no_temp_dir_and_keeps_the_old_bundle(tiny, saved, tmp_path):
+    target = Path(shutil.copytree(saved, tmp_path / "bundle"))
+    broken = ModelBundle(manifest=tiny.bundle.manifest, classifier=object(), detector=tiny.bundle.detector)
+
+    with pytest.raises(AttributeError):
+        save_bundle(broken, target)
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundle"]
+    assert load_bundle(target).manifest.version == tiny.bundle.manifest.version
+
+
+def test_probabilities_are_in_the_unit_interval(tiny, rows):
+    probability = tiny.bundle.score(rows).probability
+
+    assert np.isfinite(probability).all()
+    assert ((probability >= 0) & (probability <= 1)).all()
+    assert probability.min() < 0.2 < 0.8 < probability.max()  # it does separate something
+
+
+def test_calibration_is_monotone_in_the_margin(tiny, rows):
+    classifier = tiny.bundle.classifier
+
+    assert np.all(np.diff(classifier.calibrate(np.linspace(-15, 15, 301))) > 0)
+    margin = classifier.margin(rows.values)
+    order = np.argsort(margin, kind="stable")
+    assert np.all(np.diff(classifier.predict_proba(rows.values)[order]) >= 0)
+
+
+def test_shap_contributions_with_the_bias_sum_to_the_margin(tiny, rows):
+    scores = tiny.bundle.score(rows)
+
+    assert scores.contributions.shape == (len(rows.values), len(rows.names) + 1)
+    np.testing.assert_allclose(
+        scores.contributions.sum(axis=1), tiny.bundle.classifier.margin(rows.values), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_signal_contributions_regroup_every_non_time_feature(tiny, rows):
+    scores = tiny.bundle.score(rows)
+    non_time = [i for i, name in enumerate(rows.names) if not name.startswith("time_of_day")]
+
+    assert scores.signal_contributions.shape == (len(rows.values), len(tiny.bundle.manifest.signals))
+    np.testing.assert_allclose(
+        scores.signal_contributions.sum(axis=1),
+        scores.contributions[:, non_time].sum(axis=1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_anomaly_scores_are_in_the_unit_interval(tiny, rows):
+    anomaly = tiny.bundle.score(rows).anomaly
+
+    assert ((anomaly >= 0) & (anomaly <= 1)).all()
+
+
+def test_extreme_window_is_more_anomalous_than_a_typical_one(tiny):
+    frame = tiny.history.frame
+    healthy_rows = tiny.dataset.X[tiny.dataset.y == 0].astype(np.float64)
+    median = Features(values=np.nanmedian(healthy_rows, axis=0)[None], names=tiny.dataset.names)
+    extreme = frame.values[:1, -60:].copy()
+    extreme[:, :, frame.signals.index("memory")] = 1.0
+    extreme[:, :, frame.signals.index("errors")] = 0.5
+
+    typical_score = tiny.bundle.score(median).anomaly[0]
+    extreme_score = tiny.bundle.score(window_features(extreme, frame.timestamps[-1:], frame.signals)).anomaly[
+        0
+    ]
+
+    assert extreme_score > typical_score
+    assert extreme_score > 0.9
+
+
+def test_scoring_copes_with_rows_missing_a_whole_signal(tiny, rows):
+    values = rows.values.copy()
+    values[:, [i for i, name in enumerate(rows.names) if name.startswith("latency_")]] = np.nan
+
+    scores = tiny.bundle.score(Features(values=values, names=rows.names))
+
+    assert np.isfinite(scores.probability).all()
+    assert np.isfinite(scores.anomaly).all()
+
+
+def test_features_the_model_does_not_know_are_ignored(tiny, rows):
+    extra = Features(
+        values=np.column_stack([rows.values, np.ones(len(rows.values))]), names=(*rows.names, "extra")
+    )
+
+    np.testing.assert_array_equal(tiny.bundle.score(extra).probability, tiny.bundle.score(rows).probability)

@@ -1,0 +1,324 @@
+"""Window features on tiny hand-made windows, with the expected numbers worked out by hand."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from exporter.features import (
+    EXHAUSTION_CAP,
+    PER_SIGNAL,
+    Features,
+    feature_names,
+    frame_features,
+    select,
+    signal_weights,
+    window_features,
+)
+from exporter.frame import Frame
+
+SIGNALS = ("cpu", "memory", "latency", "errors")
+NAN = np.nan
+
+
+def window(**series: list) -> np.ndarray:
+    """``values[rows, time, signals]`` from per-signal rows; a signal not given is a flat 0.5."""
+    shape = np.asarray(next(iter(series.values())), dtype=float).shape
+    values = np.full((*shape, len(SIGNALS)), 0.5)
+    for name, rows in series.items():
+        values[:, :, SIGNALS.index(name)] = rows
+    return values
+
+
+def features(values: np.ndarray, ends: np.ndarray | None = None) -> Features:
+    return window_features(values, np.zeros(len(values)) if ends is None else ends, SIGNALS)
+
+
+def stats(result: Features, signal: str, row: int = 0) -> dict[str, float]:
+    return {stat: float(result.column(f"{signal}_{stat}")[row]) for stat in PER_SIGNAL}
+
+
+def test_per_signal_stats_of_a_ramp():
+    result = stats(features(window(cpu=[[1, 2, 3, 4, 5, 6]])), "cpu")
+
+    # mean 3.5; variance (2.5^2 + 1.5^2 + 0.5^2) * 2 / 6 = 17.5 / 6; slope 1 per step.
+    assert result == pytest.approx(
+        {
+            "last": 6.0,
+            "mean": 3.5,
+            "std": 1.7078251,
+            "min": 1.0,
+            "max": 6.0,
+            "slope": 1.0,
+            "zscore": 2.5 / 1.7078251,
+            "rate_short": 1.0,  # the window is shorter than the short span: whole window
+            "rate_long": 1.0,  # (mean of 2..6 = 4) - (mean of 1..5 = 3), over 6 - 5 = 1 step
+            "rel_change": 6 / 3.5,  # slope * 6 steps / |mean|
+            "missing": 0.0,
+        },
+        rel=1e-6,
+    )
+
+
+def test_flat_signal_has_zero_spread_slope_and_zscore():
+    result = stats(features(window(latency=[[0.2] * 8])), "latency")
+
+    assert result == pytest.approx(
+        {
+            "last": 0.2,
+            "mean": 0.2,
+            "std": 0.0,
+            "min": 0.2,
+            "max": 0.2,
+            "slope": 0.0,
+            "zscore": 0.0,
+            "rate_short": 0.0,
+            "rate_long": 0.0,
+            "rel_change": 0.0,
+            "missing": 0.0,
+        },
+        abs=1e-9,
+    )
+
+
+def test_short_rate_reads_the_last_ten_steps_and_long_rate_the_edge_means():
+    # The last 10 steps are a clean ramp of +2 per step; the two oldest are a spike.
+    result = stats(features(window(errors=[[100, 100, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18]])), "errors")
+
+    assert result["rate_short"] == pytest.approx(2.0)
+    # (mean 10..18 = 14) - (mean 100, 100, 0, 2, 4 = 41.2), over 12 - 5 = 7 steps.
+    assert result["rate_long"] == pytest.approx((14 - 41.2) / 7)
+    assert result["slope"] < 0  # the whole-window slope is dragged down by the spike
+
+
+def test_slope_and_mean_ignore_missing_samples():
+    # Present at t = 0, 2, 4, 5 and on the line 1 + t: a NaN read as 0 would bend the slope.
+    result = stats(features(window(cpu=[[1, NAN, 3, NAN, 5, 6]])), "cpu")
+
+    assert result["slope"] == pytest.approx(1.0)
+    assert result["mean"] == pytest.approx((1 + 3 + 5 + 6) / 4)
+    assert result["min"] == 1.0
+    assert result["max"] == 6.0
+    assert result["missing"] == pytest.approx(2 / 6)
+
+
+def test_last_is_the_newest_observed_value():
+    result = stats(features(window(memory=[[0.1, 0.2, 0.3, 0.4, NAN, NAN]])), "memory")
+
+    assert result["last"] == 0.4
+    assert result["max"] == 0.4
+    assert result["slope"] == pytest.approx(0.1)
+    assert result["missing"] == pytest.approx(1 / 3)
+    # zscore compares the last *observed* value with the mean: (0.4 - 0.25) / std(0.1..0.4)
+    assert result["zscore"] == pytest.approx(0.15 / np.sqrt(0.0125))
+
+
+def test_single_sample_has_no_slope():
+    result = stats(features(window(cpu=[[NAN, NAN, NAN, NAN, NAN, 0.7]])), "cpu")
+
+    assert result["last"] == 0.7
+    assert result["mean"] == pytest.approx(0.7)
+    assert result["std"] == 0.0
+    assert np.isnan(result["slope"])
+    assert np.isnan(result["rate_short"])
+    assert result["missing"] == pytest.approx(5 / 6)
+
+
+def test_all_nan_target_yields_nan_features_without_warnings_and_leaves_other_rows_alone():
+    healthy = window(
+        cpu=[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]],
+        memory=[[0.5, 0.5, 0.6, 0.6, 0.7, 0.7]],
+        latency=[[0.1, 0.2, 0.1, 0.3, 0.1, 0.2]],
+        errors=[[0.0, 0.01, 0.0, 0.02, 0.0, 0.01]],
+    )
+    batch = np.concatenate([np.full_like(healthy, NAN), healthy])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = features(batch, ends=np.array([3600.0, 3600.0]))
+        alone = features(healthy, ends=np.array([3600.0]))
+
+    empty = dict(zip(result.names, result.values[0], strict=True))
+    assert {name for name, value in empty.items() if not np.isnan(value)} == {
+        "cpu_missing",
+        "memory_missing",
+        "latency_missing",
+        "errors_missing",
+        "time_of_day_sin",
+        "time_of_day_cos",
+    }
+    assert all(empty[f"{signal}_missing"] == 1.0 for signal in SIGNALS)
+    np.testing.assert_array_equal(result.values[1], alone.values[0])
+    assert np.isfinite(alone.values[0]).all()
+
+
+def test_features_of_a_target_do_not_depend_on_the_rest_of_the_batch():
+    rng = np.random.default_rng(7)
+    values = rng.random((5, 12, 4))
+    values[rng.random(values.shape) < 0.2] = NAN
+    values[3, :, 1] = NAN  # one target without memory at all
+    ends = np.arange(5) * 5000.0
+    batch = features(values, ends).values
+
+    for row in range(5):
+        single = features(values[row : row + 1], ends[row : row + 1]).values[0]
+        np.testing.assert_allclose(batch[row], single, rtol=1e-12, equal_nan=True)
+    reordered = features(values[[4, 1, 3]], ends[[4, 1, 3]]).values
+    np.testing.assert_allclose(reordered, batch[[4, 1, 3]], rtol=1e-12, equal_nan=True)
+
+
+def test_rising_memory_reaches_its_limit_in_the_projected_number_of_steps():
+    result = features(
+        window(
+            memory=[
+                [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],  # +0.1 per step, 0.3 to go: 3 steps
+                [0.6, 0.6, 0.6, 0.6, 0.6, 0.6],  # flat: never
+                [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],  # falling: never
+                [0.8, 0.9, 1.0, 1.1, 1.2, 1.3],  # already past the limit: now
+            ]
+        )
+    )
+
+    np.testing.assert_allclose(
+        result.column("memory_exhaustion_steps"), [3.0, EXHAUSTION_CAP, EXHAUSTION_CAP, 0.0]
+    )
+
+
+def test_slow_cpu_growth_is_capped():
+    result = features(window(cpu=[[0.1, 0.1001, 0.1002, 0.1003, 0.1004, 0.1005]]))
+
+    assert result.column("cpu_exhaustion_steps")[0] == EXHAUSTION_CAP
+
+
+def test_exhaustion_is_unknown_without_memory_samples():
+    result = features(window(memory=[[NAN] * 6]))
+
+    assert np.isnan(result.column("memory_exhaustion_steps")[0])
+
+
+def test_cpu_times_memory_and_resource_pressure_use_the_last_values():
+    result = features(
+        window(
+            cpu=[[0.9, 0.9, 0.9, 0.9, 0.9, 0.5], [NAN] * 6],
+            memory=[[0.1, 0.1, 0.1, 0.1, 0.1, 0.8], [0.3, 0.3, 0.3, 0.3, 0.3, 0.6]],
+        )
+    )
+
+    assert result.column("cpu_x_memory")[0] == pytest.approx(0.4)
+    assert result.column("resource_pressure")[0] == pytest.approx(0.8)
+    # Without CPU the product is unknown but the pressure is still the memory ratio.
+    assert np.isnan(result.column("cpu_x_memory")[1])
+    assert result.column("resource_pressure")[1] == pytest.approx(0.6)
+
+
+def test_errors_latency_correlation():
+    errors = [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]
+    result = features(
+        window(
+            errors=[errors, errors, [0.02] * 6, [0.01, NAN, NAN, NAN, NAN, 0.02]],
+            latency=[
+                [0.1, 0.12, 0.14, 0.16, 0.18, 0.2],  # 0.1 + 2 * errors
+                [0.2, 0.18, 0.16, 0.14, 0.12, 0.1],
+                [0.1, 0.3, 0.2, 0.5, 0.1, 0.2],
+                [0.1, 0.3, 0.2, 0.5, 0.1, 0.2],
+            ],
+        )
+    )
+
+    corr = result.column("errors_latency_corr")
+    assert corr[0] == pytest.approx(1.0)
+    assert corr[1] == pytest.approx(-1.0)
+    assert corr[2] == 0.0  # flat errors: no co-movement, not NaN
+    assert np.isnan(corr[3])  # two common samples are too few to say
+    # errors_last * latency_last / latency_mean = 0.05 * 0.2 / 0.15
+    assert result.column("errors_x_latency")[0] == pytest.approx(0.05 * 0.2 / 0.15)
+
+
+@pytest.mark.parametrize(
+    ("hour", "sin", "cos"),
+    [(0, 0.0, 1.0), (6, 1.0, 0.0), (12, 0.0, -1.0), (18, -1.0, 0.0)],
+)
+def test_time_of_day_is_a_utc_clock_angle(hour, sin, cos):
+    end = datetime(2024, 5, 17, hour, tzinfo=UTC).timestamp()
+    result = features(window(cpu=[[0.5] * 6]), ends=np.array([end]))
+
+    assert result.column("time_of_day_sin")[0] == pytest.approx(sin, abs=1e-9)
+    assert result.column("time_of_day_cos")[0] == pytest.approx(cos, abs=1e-9)
+
+
+def test_frame_features_describe_the_newest_timestamp():
+    six_am = datetime(2024, 5, 17, 6, tzinfo=UTC).timestamp()
+    values = window(cpu=[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.3] * 6])
+    frame = Frame(
+        values=values,
+        targets=({"pod": "a"}, {"pod": "b"}),
+        timestamps=six_am - 60.0 * np.arange(6)[::-1],
+        signals=SIGNALS,
+    )
+
+    result = frame_features(frame)
+
+    np.testing.assert_allclose(result.column("time_of_day_sin"), [1.0, 1.0])
+    np.testing.assert_allclose(result.column("cpu_last"), [0.6, 0.3])
+
+
+def test_feature_names_match_the_computed_columns():
+    for signals in (SIGNALS, ("cpu", "memory"), ("errors", "latency"), ("latency",)):
+        values = np.full((2, 6, len(signals)), 0.5)
+        computed = window_features(values, np.zeros(2), signals)
+
+        assert computed.names == feature_names(signals)
+        assert computed.values.shape == (2, len(feature_names(signals)))
+
+
+def test_cross_signal_features_need_both_signals():
+    names = feature_names(("cpu", "latency"))
+
+    assert "cpu_exhaustion_steps" in names
+    assert "memory_exhaustion_steps" not in names
+    assert "cpu_x_memory" not in names
+    assert "errors_latency_corr" not in names
+    assert names[-2:] == ("time_of_day_sin", "time_of_day_cos")
+
+
+def test_empty_batch_has_named_columns_and_no_rows():
+    result = window_features(np.empty((0, 6, 4)), np.empty(0), SIGNALS)
+
+    assert result.values.shape == (0, len(feature_names(SIGNALS)))
+
+
+def test_select_reorders_columns_and_fills_nan_for_missing_features():
+    given = Features(values=np.array([[1.0, 2.0], [3.0, 4.0]]), names=("a", "b"))
+
+    chosen = select(given, ["b", "unknown", "a"])
+
+    np.testing.assert_array_equal(chosen, [[2.0, NAN, 1.0], [4.0, NAN, 3.0]])
+
+
+def test_signal_weights_split_cross_features_and_give_time_to_nobody():
+    names = feature_names(SIGNALS)
+    weights = signal_weights(names, SIGNALS)
+    row = {name: list(weights[i]) for i, name in enumerate(names)}
+
+    assert row["cpu_mean"] == [1.0, 0.0, 0.0, 0.0]
+    assert row["memory_exhaustion_steps"] == [0.0, 1.0, 0.0, 0.0]
+    assert row["errors_missing"] == [0.0, 0.0, 0.0, 1.0]
+    assert row["cpu_x_memory"] == [0.5, 0.5, 0.0, 0.0]
+    assert row["resource_pressure"] == [0.5, 0.5, 0.0, 0.0]
+    assert row["errors_latency_corr"] == [0.0, 0.0, 0.5, 0.5]
+    assert row["errors_x_latency"] == [0.0, 0.0, 0.5, 0.5]
+    assert row["time_of_day_sin"] == row["time_of_day_cos"] == [0.0, 0.0, 0.0, 0.0]
+    np.testing.assert_allclose(weights[:-2].sum(axis=1), 1.0)
+
+
+def test_signal_weights_tell_apart_signals_whose_names_share_a_prefix():
+    signals = ("cpu", "cpu_throttle")
+    names = feature_names(signals)
+    weights = dict(zip(names, signal_weights(names, signals).tolist(), strict=True))
+
+    assert weights["cpu_mean"] == [1.0, 0.0]
+    assert weights["cpu_throttle_mean"] == [0.0, 1.0]
+    assert weights["cpu_exhaustion_steps"] == [1.0, 0.0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import http.server
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -379,3 +381,85 @@ class DaemonServer(_ServerProcess):
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return sample.value
         return None
+
+
+class AuthProxy:
+    """A real HTTP proxy in front of a real Prometheus, as users run oauth/basic-auth proxies.
+
+    It records every request (path and headers) and answers 401 unless the
+    request carries ``required_headers`` exactly, so tests can see what the
+    daemon sends and how many queries it makes.
+    """
+
+    def __init__(self, upstream: str, required_headers: Mapping[str, str] | None = None) -> None:
+        self.upstream = upstream
+        self.required = dict(required_headers or {})
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def _forward(self, method: str) -> None:
+                headers = dict(self.headers.items())
+                proxy.requests.append((self.path.split("?")[0], headers))
+                if any(headers.get(k) != v for k, v in proxy.required.items()):
+                    self._reply(401, b"unauthorized\n", "text/plain")
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = requests.request(
+                    method,
+                    proxy.upstream + self.path,
+                    data=body,
+                    headers={"Content-Type": self.headers.get("Content-Type", "")},
+                    timeout=10,
+                )
+                self._reply(answer.status_code, answer.content, answer.headers.get("Content-Type", ""))
+
+            def _reply(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class SilentServer:
+    """Accepts TCP connections and never answers: a Prometheus that hangs."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+        self._socket.close()

@@ -121,8 +121,10 @@ def _decode(response: requests.Response) -> list[dict]:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        kind = "http_5xx" if response.status_code >= 500 else "bad_response"
-        raise QueryFailed(kind, f"HTTP {response.status_code}, body is not a Prometheus JSON answer")
+        raise QueryFailed(
+            _status_reason(response.status_code),
+            f"HTTP {response.status_code}, body is not a Prometheus JSON answer",
+        )
     if body.get("status") != "success":
         error = f"{body.get('errorType', 'error')}: {body.get('error', 'no error message')}"
         if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
@@ -140,6 +142,12 @@ def _decode(response: requests.Response) -> list[dict]:
     ):
         raise QueryFailed("bad_response", "expected data.resultType 'matrix' with a result list")
     return data["result"]
+
+
+def _status_reason(status: int) -> str:
+    if status >= 500 or status in _RETRYABLE_STATUS:
+        return "http_5xx"
+    return "http_4xx" if status >= 400 else "bad_response"
 
 
 def parse_series(result: Sequence[dict], target_labels: Sequence[str]) -> tuple[list[Series], int]:

@@ -1,0 +1,61 @@
+"""`failure-predictor demo`: the real daemon on the simulated cluster, as a user runs it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port
+
+
+def test_demo_serves_metrics_and_prints_differing_probabilities() -> None:
+    port = free_port()
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "demo",
+            "--cycles",
+            "30",
+            "--interval",
+            "0.2",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        metrics = ""
+        deadline = time.monotonic() + 30
+        while "failure_probability{" not in metrics and time.monotonic() < deadline:
+            try:
+                metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        output, _ = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+
+    assert demo.returncode == 0, output
+    exported = [
+        sample.labels
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "failure_probability"
+    ]
+    assert len(exported) == 40
+    assert all(labels["namespace"] and labels["pod"] and labels["horizon"] == "30m" for labels in exported)
+    assert f"http://127.0.0.1:{port}/metrics" in output
+    last_table = output.rsplit("riskiest of", 1)[1]
+    probabilities = [float(p) for p in re.findall(r"^\S+/\S+\s+([01]\.\d{3}) ", last_table, re.MULTILINE)]
+    assert len(probabilities) == 10
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert probabilities[0] > 0.5, last_table
+    assert probabilities[0] - probabilities[-1] > 0.3, last_table

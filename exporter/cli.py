@@ -6,17 +6,22 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
 from exporter import logs
-from exporter.config import ConfigError, effective_config, format_duration, load_settings
-from exporter.models.bundle import BundleError, ModelBundle, load_bundle, save_bundle
+from exporter.config import ConfigError, effective_config, load_settings
+from exporter.models.bundle import BundleError, load_bundle, save_bundle
+from exporter.models.registry import activate, list_versions, resolve
 from exporter.progress import reporter
 from exporter.service.api import make_server
 from exporter.service.daemon import Daemon
 from exporter.sources.prometheus import PrometheusSource
+from exporter.training.evaluate import format_report
+from exporter.training.history import HistoryError
+from exporter.training.incidents import IncidentsError
 
 EXIT_USAGE = 2
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -67,22 +72,87 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=cmd_demo)
 
-    train = commands.add_parser("train", help="train a model bundle")
-    train.add_argument("--source", choices=["simulate"], default="simulate", help="history to learn from")
+    train = commands.add_parser("train", help="train a model bundle on Prometheus history (or the simulator)")
+    train.add_argument("--source", choices=["prometheus", "simulate"], default="prometheus")
     train.add_argument(
-        "--out", type=Path, required=True, help="bundle directory to write (replaced atomically)"
+        "--config", "-c", type=Path, help="YAML config: Prometheus, signals, failure definition"
     )
-    train.add_argument("--targets", type=int, default=48, help="simulated workloads (default 48)")
-    train.add_argument("--days", type=float, default=12.0, help="days of simulated history (default 12)")
-    train.add_argument("--seed", type=int, default=0, help="seed for simulation and models (default 0)")
+    _add_range(train)
+    output = train.add_mutually_exclusive_group(required=True)
+    output.add_argument("--out", type=Path, help="write exactly this bundle directory (replaced atomically)")
+    output.add_argument("--models-dir", type=Path, help="write <models-dir>/<version>, see 'models'")
     train.add_argument(
-        "--kind", default="bootstrap", choices=["bootstrap", "trained"], help="recorded in the manifest"
+        "--activate", action="store_true", help="with --models-dir: make the new version active"
+    )
+    train.add_argument("--seed", type=int, default=0, help="seed for models and sampling (default 0)")
+    train.add_argument("--stride", type=int, default=2, help="use every n-th window (default 2)")
+    train.add_argument(
+        "--cache-dir", type=Path, help="keep fetched chunks here so an interrupted run resumes"
+    )
+    train.add_argument("--json", action="store_true", help="print the report as JSON")
+    train.add_argument("--targets", type=int, default=48, help="simulate: workloads (default 48)")
+    train.add_argument("--days", type=float, default=12.0, help="simulate: days of history (default 12)")
+    train.add_argument(
+        "--kind", default="bootstrap", choices=["bootstrap", "trained"], help="simulate: manifest kind"
     )
     train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate an existing bundle on another period")
+    evaluate.add_argument(
+        "bundle", type=Path, help="bundle directory (or models directory: its active version)"
+    )
+    evaluate.add_argument(
+        "--config", "-c", type=Path, help="YAML config: Prometheus, signals, failure definition"
+    )
+    _add_range(evaluate)
+    evaluate.add_argument(
+        "--cache-dir", type=Path, help="keep fetched chunks here so an interrupted run resumes"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    models = commands.add_parser("models", help="list, show or activate bundles in a models directory")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = models_commands.add_parser("list", help="versions, oldest first; * marks the active one")
+    listing.add_argument("directory", type=Path)
+    listing.set_defaults(handler=cmd_models_list)
+    show = models_commands.add_parser("show", help="print a bundle's manifest")
+    show.add_argument("path", type=Path, help="bundle directory, or models directory (its active version)")
+    show.set_defaults(handler=cmd_models_show)
+    activate_version = models_commands.add_parser("activate", help="point 'active' at a version")
+    activate_version.add_argument("directory", type=Path)
+    activate_version.add_argument("version")
+    activate_version.set_defaults(handler=cmd_models_activate)
 
     check = commands.add_parser("check-config", help="validate a config file and print the effective config")
     check.add_argument("config", type=Path, nargs="?", help="YAML config file")
     check.set_defaults(handler=cmd_check_config)
+
+    backtest = commands.add_parser("backtest", help="score recorded series (CSV or the NAB corpus) per row")
+    inputs = backtest.add_mutually_exclusive_group(required=True)
+    inputs.add_argument(
+        "--input", type=Path, action="append", help="CSV file or directory of CSVs (repeatable)"
+    )
+    inputs.add_argument("--nab", action="store_true", help="all NAB data files, written in the NAB layout")
+    backtest.add_argument(
+        "--signal-column",
+        action="append",
+        default=[],
+        metavar="COLUMN=SIGNAL",
+        help="read COLUMN as SIGNAL, e.g. value=cpu (repeatable; default: every column is its own signal; "
+        "with --nab: value=cpu)",
+    )
+    backtest.add_argument("--step", help="grid step, e.g. 5m (default: the median spacing of each file)")
+    backtest.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="model bundle (default models/default)"
+    )
+    backtest.add_argument("--format", choices=["csv", "nab"], help="csv, or nab (the default with --nab)")
+    backtest.add_argument("--out", type=Path, required=True, help="output directory")
+    backtest.add_argument("--detector", help="detector name in the NAB layout (default failurePredictor)")
+    backtest.add_argument(
+        "--nab-dir", type=Path, help="NAB corpus (default $FAILURE_PREDICTOR_NAB_DIR or ../shared/data/nab)"
+    )
+    backtest.set_defaults(handler=cmd_backtest)
     return parser
 
 
@@ -117,28 +187,125 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(load_bundle(resolve_model(args.model)), args)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from exporter.sources.simulate import simulate_history
-    from exporter.training.train import TrainingOptions, build_dataset, train_bundle
+def _add_range(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", help="how far back from now, e.g. 14d (default 14d)")
+    parser.add_argument("--start", help="range start: ISO 8601 or Unix seconds")
+    parser.add_argument("--end", help="range end: ISO 8601 or Unix seconds (default now)")
 
-    logs.configure("info")
-    options = TrainingOptions(seed=args.seed)
-    step = 60.0
-    steps = int(args.days * 86400 / step)
-    print(f"simulating {args.targets} targets x {args.days:g} days ...", file=sys.stderr)
-    history = simulate_history(targets=args.targets, steps=steps, seed=args.seed, step=step)
-    dataset = build_dataset(history.frame, history.failed, options, progress=reporter("features"))
-    command = " ".join(["failure-predictor", "train", *sys.argv[2:]]) if sys.argv[1:2] == ["train"] else ""
-    info = {"source": "simulate", "targets": args.targets, "days": args.days, "command": command}
-    print("fitting classifier and anomaly detector ...", file=sys.stderr)
-    bundle = train_bundle(dataset, history.frame.signals, step, options, args.kind, info)
-    save_bundle(bundle, args.out)
-    print_metrics(bundle, args.out)
+
+def _command_line() -> str:
+    return " ".join(["failure-predictor", *sys.argv[1:]])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from exporter.training import workflow
+
+    logs.configure("warning")
+    if args.activate and args.models_dir is None:
+        raise ConfigError("--activate needs --models-dir")
+    try:
+        if args.source == "simulate":
+            print(f"simulating {args.targets} targets x {args.days:g} days ...", file=sys.stderr)
+            bundle = workflow.train_from_simulation(
+                args.targets, args.days, args.seed, args.kind, _command_line(), reporter("windows")
+            )
+        else:
+            settings = load_settings(args.config)
+            span = workflow.time_range(args.since, args.start, args.end)
+            bundle = workflow.train_from_prometheus(
+                settings, span, args.seed, args.stride, args.cache_dir, _command_line(), reporter("chunks")
+            )
+    except (ValueError, HistoryError, IncidentsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    target = args.out if args.out is not None else args.models_dir / bundle.manifest.version
+    save_bundle(bundle, target)
+    if args.activate:
+        activate(args.models_dir, bundle.manifest.version)
+    print_report(bundle.manifest.metrics, args.json, f"wrote {target} ({bundle.manifest.version})")
     return 0
 
 
-def print_metrics(bundle: ModelBundle, path: Path) -> None:
-    metrics = {k: v for k, v in bundle.manifest.metrics.items() if k != "reliability"}
-    horizon = format_duration(bundle.manifest.horizon_seconds)
-    print(f"wrote {path} ({bundle.manifest.version}, horizon {horizon}); held-out test metrics:")
-    print(json.dumps(metrics, indent=2))
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from exporter.training import workflow
+
+    logs.configure("warning")
+    bundle = load_bundle(resolve(resolve_model(args.bundle)))
+    settings = load_settings(args.config)
+    try:
+        span = workflow.time_range(args.since, args.start, args.end)
+        report = workflow.evaluate_on_prometheus(bundle, settings, span, args.cache_dir, reporter("chunks"))
+    except (ValueError, HistoryError, IncidentsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print_report(report, args.json, f"evaluated {bundle.manifest.version}")
+    return 0
+
+
+def print_report(report: dict, as_json: bool, headline: str) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(headline)
+    print(format_report(report))
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    versions = list_versions(args.directory)
+    if not versions:
+        print(f"no bundles in {args.directory}")
+    for version in versions:
+        pr_auc = version.metrics.get("pr_auc")
+        quality = f"PR-AUC {pr_auc:.3f}" if isinstance(pr_auc, int | float) else ""
+        print(
+            f"{'*' if version.active else ' '} {version.name:<34} {version.kind:<10} {version.trained_at}  {quality}"
+        )
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    bundle = load_bundle(resolve(args.path))
+    manifest = asdict(bundle.manifest)
+    manifest["metrics"] = {k: v for k, v in manifest["metrics"].items() if k != "reliability"}
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def cmd_models_activate(args: argparse.Namespace) -> int:
+    path = activate(args.directory, args.version)
+    load_bundle(path)
+    print(f"active: {args.version}")
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from exporter import backtest as bt
+    from exporter.config import parse_duration
+    from exporter.sources.files import FilesError, FilesSource
+
+    try:
+        columns = {}
+        for pair in args.signal_column:
+            column, _, signal = pair.partition("=")
+            if not column.strip() or not signal.strip():
+                raise bt.BacktestError(f"--signal-column takes COLUMN=SIGNAL, e.g. value=cpu; got {pair!r}")
+            columns[column.strip()] = signal.strip()
+        try:
+            step = parse_duration(args.step) if args.step else None
+        except ValueError as exc:
+            raise bt.BacktestError(f"--step: {exc}") from None
+        if args.nab:
+            paths = bt.nab_files(args.nab_dir or bt.nab_dir())
+            source = FilesSource(paths, columns or bt.NAB_COLUMNS, step)
+        else:
+            source = FilesSource(args.input, columns, step)
+        bundle = load_bundle(resolve(resolve_model(args.model)))
+        output_format = args.format or ("nab" if args.nab else "csv")
+        detector = args.detector or bt.DEFAULT_DETECTOR
+        summary = bt.run_backtest(source, bundle, args.out, output_format, detector, reporter("backtest"))
+    except (bt.BacktestError, FilesError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    where = args.out / detector if output_format == "nab" else summary.outputs[0]
+    print(f"backtest: {summary.files} file(s), {summary.rows:,} rows in {summary.seconds:.1f}s -> {where}")
+    return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,6 +99,15 @@ DEFAULT_SIGNALS: dict[str, str] = {
 }
 CORE_SIGNALS = tuple(DEFAULT_SIGNALS)
 
+# True (returns a sample) while a target is failed: its containers restarted,
+# its 5xx ratio is above 5 %, or its scrape target is down.
+DEFAULT_FAILURE_QUERY = (
+    "(sum by ({by}) (increase(kube_pod_container_status_restarts_total[{rate_window}])) > 0)"
+    ' or ((sum by ({by}) (rate(http_requests_total{code=~"5.."}[{rate_window}]))'
+    " / sum by ({by}) (rate(http_requests_total[{rate_window}]))) > 0.05)"
+    " or (min by ({by}) (up) == 0)"
+)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -165,9 +175,77 @@ class ModelSettings(_Strict):
     path: Path = Path("models/default")
 
 
+class FailureSettings(_Strict):
+    """What counts as a failure when training: a PromQL expression and/or an incidents file."""
+
+    query: str | None = DEFAULT_FAILURE_QUERY
+    incidents_file: Path | None = None
+
+    @field_validator("incidents_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _require_readable(path)
+        return path
+
+    @model_validator(mode="after")
+    def _some_definition(self) -> FailureSettings:
+        if self.query is None and self.incidents_file is None:
+            raise ValueError("set a failure query, an incidents_file, or both")
+        if self.query is not None and not self.query.strip():
+            raise ValueError("the failure query is empty (use null to rely on incidents_file only)")
+        return self
+
+
 class ListenSettings(_Strict):
     address: str = "0.0.0.0"
     port: int = Field(default=9847, ge=1, le=65535)
+
+
+class ApiSettings(_Strict):
+    """The HTTP API: request limits, bearer-token protection and TLS for the one port."""
+
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    history_points: int = Field(default=60, ge=1, le=10_000)
+    token: str | None = None
+    token_file: Path | None = None
+    protect_metrics: bool = False
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _usable_token(cls, token: str | None) -> str | None:
+        if token is not None and (not token.strip() or token != token.strip()):
+            raise ValueError("the token must be non-empty and have no surrounding whitespace")
+        return token
+
+    @field_validator("token_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _require_readable(path)
+        return path
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ApiSettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set at most one of token, token_file")
+        if self.token_file is not None and not self.token_file.read_text().strip():
+            raise ValueError(f"token_file {str(self.token_file)!r} is empty")
+        if self.protect_metrics and self.token is None and self.token_file is None:
+            raise ValueError("protect_metrics needs a token or token_file")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        if self.tls_cert_file is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert_file, self.tls_key_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"tls_cert_file and tls_key_file are not a usable PEM certificate and key: {exc}"
+                ) from None
+        return self
 
 
 class Settings(_Strict):
@@ -182,7 +260,9 @@ class Settings(_Strict):
     signals: dict[str, str | None] = Field(default_factory=dict)
     horizon: Duration = 1800.0
     model: ModelSettings = Field(default_factory=ModelSettings)
+    failure: FailureSettings = Field(default_factory=FailureSettings)
     listen: ListenSettings = Field(default_factory=ListenSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     max_targets: int = Field(default=10_000, ge=1)
     stale_after: Duration = 300.0
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
@@ -229,14 +309,18 @@ class Settings(_Strict):
     @property
     def queries(self) -> dict[str, str]:
         """Effective PromQL per signal: defaults, then user overrides, placeholders filled."""
-        by = ",".join(self.target_labels)
-        window = format_duration(self.rate_window)
         merged: dict[str, str | None] = {**DEFAULT_SIGNALS, **self.signals}
-        return {
-            name: query.replace("{by}", by).replace("{rate_window}", window)
-            for name, query in merged.items()
-            if query is not None
-        }
+        return {name: self.fill(query) for name, query in merged.items() if query is not None}
+
+    @property
+    def failure_query(self) -> str | None:
+        """The failure definition's PromQL with placeholders filled, if there is one."""
+        return None if self.failure.query is None else self.fill(self.failure.query)
+
+    def fill(self, query: str) -> str:
+        """Replace {by} with the target labels and {rate_window} with the rate window."""
+        by = ",".join(self.target_labels)
+        return query.replace("{by}", by).replace("{rate_window}", format_duration(self.rate_window))
 
 
 def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -308,5 +392,8 @@ def effective_config(settings: Settings) -> dict[str, Any]:
         data["prometheus"]["bearer_token"] = "<secret>"
     if data["prometheus"]["basic_auth"] and data["prometheus"]["basic_auth"]["password"]:
         data["prometheus"]["basic_auth"]["password"] = "<secret>"
+    if data["api"]["token"]:
+        data["api"]["token"] = "<secret>"
     data["signals"] = settings.queries
+    data["failure"]["query"] = settings.failure_query
     return data

@@ -40,6 +40,15 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class Explanations:
+    """What the model saw and why it scored as it did: row i explains ``Snapshot.targets[i]``."""
+
+    features: tuple[str, ...]  # the model's feature order
+    values: np.ndarray  # [targets, features] the model's inputs (NaN where missing)
+    contributions: np.ndarray  # [targets, features + 1] SHAP on the margin, last column the bias
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Scores of every target at ``data_time``; row i of each array is ``targets[i]``."""
 
@@ -52,6 +61,7 @@ class Snapshot:
     probability: np.ndarray
     anomaly: np.ndarray
     contribution: np.ndarray  # [targets, signals] shares, see contribution_shares
+    explanations: Explanations | None = None  # per-feature detail for the HTTP API
 
     @property
     def risk(self) -> np.ndarray:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from exporter.models.bundle import ModelBundle
 from exporter.sources.simulate import History, simulate_history
-from exporter.training.train import Dataset, TrainingOptions, build_dataset, train_bundle
+from exporter.training.dataset import Dataset, TrainingOptions, build_dataset
+from exporter.training.train import train_bundle
 
 STEP = 60.0
 OPTIONS = TrainingOptions(stride=4)

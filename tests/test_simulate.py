@@ -102,7 +102,7 @@ def test_memory_leak_reaches_limit_before_oom_incident(busy: History) -> None:
     [
         ("cpu_saturation", CPU, lambda value, usual: value > 1.0),
         ("latency_degradation", LATENCY, lambda value, usual: value > 5 * usual),
-        ("error_burst", ERRORS, lambda value, usual: value > 0.05),
+        ("error_burst", ERRORS, lambda value, usual: 0.03 < value <= 0.05),
     ],
 )
 def test_failing_scenario_shows_its_signal_before_the_incident(
@@ -113,6 +113,16 @@ def test_failing_scenario_shows_its_signal_before_the_incident(
         at = index(busy, incident.start)
         before = np.nanmax(series[incident.target, at - 2 : at])
         assert exceeds(before, np.nanmedian(series[incident.target]))
+
+
+def test_error_burst_crosses_the_failure_threshold_only_when_the_failure_starts(busy: History) -> None:
+    errors = busy.frame.values[..., ERRORS]
+    for incident in incidents_of(busy, "error_burst"):
+        at = index(busy, incident.start)
+        ramp = slice(max(at - 30, 0), at)
+        healthy = ~busy.failed[incident.target, ramp]  # an earlier failure may sit in the window
+        assert np.nanmax(errors[incident.target, ramp][healthy]) <= 0.05
+        assert np.nanmax(errors[incident.target, at : at + 3]) > 0.05
 
 
 def test_latency_degradation_grows_over_the_last_twenty_minutes(busy: History) -> None:

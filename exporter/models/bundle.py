@@ -76,11 +76,20 @@ class ModelBundle:
     classifier: FailureClassifier
     detector: AnomalyDetector
 
-    def score(self, features: Features) -> Scores:
-        """Score every row in one call of each model."""
+    def score(self, features: Features, explain: bool = True) -> Scores:
+        """Score every row in one call of each model.
+
+        Exact SHAP explanations cost 40x the prediction itself; callers that only
+        need the scores (backtests over long recordings) pass ``explain=False``
+        and get NaN contributions.
+        """
         matrix = select(features, self.manifest.features)
-        contributions = self.classifier.contributions(matrix)
-        margin = contributions.sum(axis=1)
+        if explain:
+            contributions = self.classifier.contributions(matrix)
+            margin = contributions.sum(axis=1)
+        else:
+            margin = self.classifier.margin(matrix)
+            contributions = np.full((len(matrix), len(self.manifest.features) + 1), np.nan)
         weights = signal_weights(self.manifest.features, self.manifest.signals)
         return Scores(
             probability=self.classifier.calibrate(margin),

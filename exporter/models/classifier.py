@@ -81,6 +81,12 @@ class FailureClassifier:
         # window (every target gone) scores to an empty snapshot instead of failing.
         return self.booster_.predict(xgb.DMatrix(X), pred_contribs=True).reshape(len(X), X.shape[1] + 1)
 
+    def importance(self, features: int) -> np.ndarray:
+        """Total gain per feature, normalised to sum to 1 (0 for features never split on)."""
+        gains = self.booster_.get_score(importance_type="total_gain")
+        values = np.array([gains.get(f"f{i}", 0.0) for i in range(features)])
+        return values / values.sum() if values.sum() > 0 else values
+
 
 def _check_labels(y: np.ndarray, split: str) -> None:
     classes = set(np.unique(y).tolist())

@@ -18,11 +18,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from exporter.config import Settings, format_duration
-from exporter.features import frame_features
+from exporter.features import frame_features, select
 from exporter.models.bundle import ModelBundle
 from exporter.service.collector import SelfMetrics, SnapshotCollector
 from exporter.service.state import State
-from exporter.snapshot import ModelInfo, Snapshot, contribution_shares
+from exporter.snapshot import Explanations, ModelInfo, Snapshot, contribution_shares
 from exporter.sources import Source
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ class Daemon:
                 probability=scores.probability,
                 anomaly=scores.anomaly,
                 contribution=contribution_shares(scores.signal_contributions),
+                explanations=Explanations(
+                    manifest.features, select(features, manifest.features), scores.contributions
+                ),
             )
             self.state.snapshot = snapshot
             self.state.last_success = snapshot.created_at

@@ -53,6 +53,7 @@ _KINDS = (
 _LEAK, _SATURATION, _DEGRADATION, _BURST, _SPIKE, _SAWTOOTH, _BLIP, _WARMUP = range(8)
 _FAILS = np.array([kind.fails for kind in _KINDS])
 _FAILED_STEPS = (3, 10)
+_BURST_PEAK = 0.049  # an error burst's ratio just before it counts as failed (> 0.05)
 # Indexed by kind, with len(_KINDS) for failed and _HEALTHY (-1) reading "healthy".
 _NAMES = np.array([kind.name for kind in _KINDS] + ["failed", "healthy"])
 
@@ -328,7 +329,9 @@ def _request_scenarios(
     latency = np.where(running[_DEGRADATION], latency * _degradation(b) ** p, latency)
     timeouts = 0.04 * np.maximum((p - 0.7) / 0.3, 0) ** 2
     errors = np.where(running[_DEGRADATION], errors + timeouts, errors)
-    burst = errors + (_failure_errors(b) - errors) * p ** (1 + 2 * a)
+    # The ramp ends just under the 5 % failure threshold: crossing it *is* the failure,
+    # which starts at p = 1, so no rule on the error ratio can see the failure early.
+    burst = errors + (_BURST_PEAK - errors) * p ** (1 + 2 * a)
     errors = np.where(running[_BURST], burst, errors)
     return latency, np.where(running[_BLIP], np.maximum(errors, 0.01 + 0.02 * b), errors)
 

@@ -18,6 +18,7 @@ from exporter.models.registry import activate, list_versions, resolve
 from exporter.progress import reporter
 from exporter.service.api import make_server
 from exporter.service.daemon import Daemon
+from exporter.service.reload import ModelWatcher
 from exporter.sources.prometheus import PrometheusSource
 from exporter.training.evaluate import format_report
 from exporter.training.history import HistoryError
@@ -173,9 +174,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     logs.configure(settings.log_level)
-    bundle = load_bundle(resolve_model(settings.model.path))
+    model_path = resolve_model(settings.model.path)
+    serving = resolve(model_path)
+    bundle = load_bundle(serving)
     log.info("starting", extra={"prometheus": settings.prometheus.url, "model": bundle.manifest.version})
-    daemon = Daemon(settings, PrometheusSource(settings), bundle)
+    daemon = Daemon(settings, PrometheusSource(settings), bundle, watcher=ModelWatcher(model_path, serving))
     make_server(daemon, settings.listen.address, settings.listen.port).run()
     return 0
 
@@ -267,6 +270,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     bundle = load_bundle(resolve(args.path))
     manifest = asdict(bundle.manifest)
     manifest["metrics"] = {k: v for k, v in manifest["metrics"].items() if k != "reliability"}
+    manifest["reference"] = f"<training distribution of {len(manifest['features'])} features>"
     print(json.dumps(manifest, indent=2))
     return 0
 

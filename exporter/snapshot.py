@@ -62,6 +62,7 @@ class Snapshot:
     anomaly: np.ndarray
     contribution: np.ndarray  # [targets, signals] shares, see contribution_shares
     explanations: Explanations | None = None  # per-feature detail for the HTTP API
+    drift: tuple[float, ...] | None = None  # PSI per signal (same order as signals), see models/drift.py
 
     @property
     def risk(self) -> np.ndarray:

@@ -54,6 +54,7 @@ class Manifest:
     features: tuple[str, ...]
     calibration: tuple[float, float]
     training: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)  # training feature distribution, see drift.py
     metrics: dict[str, Any] = field(default_factory=dict)
     libraries: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
@@ -64,6 +65,7 @@ class Manifest:
 class Scores:
     """One scoring pass: row i of every array belongs to row i of the feature matrix."""
 
+    inputs: np.ndarray  # [rows, features] what the models saw, in the manifest's feature order
     probability: np.ndarray
     anomaly: np.ndarray
     contributions: np.ndarray  # [rows, features + 1] SHAP on the margin, last column the bias
@@ -92,6 +94,7 @@ class ModelBundle:
             contributions = np.full((len(matrix), len(self.manifest.features) + 1), np.nan)
         weights = signal_weights(self.manifest.features, self.manifest.signals)
         return Scores(
+            inputs=matrix,
             probability=self.classifier.calibrate(margin),
             anomaly=self.detector.score(matrix),
             contributions=contributions,

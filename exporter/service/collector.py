@@ -39,6 +39,11 @@ class SelfMetrics:
             ["signal", "reason"],
             registry=registry,
         )
+        self.model_load_errors = Counter(
+            "failure_predictor_model_load_errors_total",
+            "Model bundles that failed to load and were refused (the previous one kept serving).",
+            registry=registry,
+        )
         self.cycles = Counter(
             "failure_predictor_cycles_total",
             "Scoring cycles run, by outcome (success or failure).",
@@ -96,6 +101,15 @@ class SnapshotCollector(Collector):
             last.add_metric([], state.last_success)
         yield last
         snapshot = state.snapshot
+        drift = GaugeMetricFamily(
+            "failure_predictor_feature_drift",
+            "Population stability index of recent features vs training, per signal (>0.25: retrain).",
+            labels=["signal"],
+        )
+        if snapshot is not None and snapshot.drift is not None:
+            for signal, value in zip(snapshot.signals, snapshot.drift, strict=True):
+                drift.add_metric([signal], value)
+        yield drift
         yield GaugeMetricFamily(
             "failure_predictor_targets",
             "Targets scored in the last successful cycle.",

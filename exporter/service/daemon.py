@@ -18,9 +18,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from exporter.config import Settings, format_duration
-from exporter.features import frame_features, select
-from exporter.models.bundle import ModelBundle
+from exporter.features import frame_features
+from exporter.models.bundle import BundleError, ModelBundle
 from exporter.service.collector import SelfMetrics, SnapshotCollector
+from exporter.service.drift import DriftTracker
+from exporter.service.reload import ModelWatcher
 from exporter.service.state import State
 from exporter.snapshot import Explanations, ModelInfo, Snapshot, contribution_shares
 from exporter.sources import Source
@@ -68,8 +70,10 @@ class Daemon:
         bundle: ModelBundle,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        watcher: ModelWatcher | None = None,
     ) -> None:
         self.settings = settings
+        self.watcher = watcher
         self.source = source
         self.state = State(bundle=bundle)
         self.registry = registry or CollectorRegistry()
@@ -79,6 +83,7 @@ class Daemon:
         )
         self.horizon = format_duration(served_horizon(bundle, settings.step))
         self.on_cycle: list[Callable[[Snapshot], None]] = []
+        self._drift = DriftTracker()
         self._clock = clock
         self._scheduler = BackgroundScheduler(daemon=True)
         for problem in check_compatibility(bundle, settings):
@@ -112,16 +117,34 @@ class Daemon:
                 probability=scores.probability,
                 anomaly=scores.anomaly,
                 contribution=contribution_shares(scores.signal_contributions),
-                explanations=Explanations(
-                    manifest.features, select(features, manifest.features), scores.contributions
-                ),
+                explanations=Explanations(manifest.features, scores.inputs, scores.contributions),
+                drift=self._drift.update(bundle, scores.inputs),
             )
             self.state.snapshot = snapshot
             self.state.last_success = snapshot.created_at
         return snapshot
 
+    def reload_model(self) -> None:
+        """Swap in a newly activated bundle; a bad one is refused and the current one stays."""
+        if self.watcher is None:
+            return
+        try:
+            bundle = self.watcher.poll()
+        except BundleError as exc:
+            self.metrics.model_load_errors.inc()
+            log.error("model bundle refused, keeping the serving one", extra={"error": str(exc)})
+            return
+        if bundle is None:
+            return
+        self.state.bundle = bundle
+        self.horizon = format_duration(served_horizon(bundle, self.settings.step))
+        log.info("model reloaded", extra={"version": bundle.manifest.version})
+        for problem in check_compatibility(bundle, self.settings):
+            log.warning("model and config differ", extra={"problem": problem})
+
     def cycle(self) -> None:
         """The scheduled job: never raises, records the outcome on metrics and logs."""
+        self.reload_model()
         try:
             snapshot = self.run_cycle()
         except Exception as exc:

@@ -17,6 +17,7 @@ import numpy as np
 from exporter.models.anomaly import AnomalyDetector
 from exporter.models.bundle import Manifest, ModelBundle, library_versions
 from exporter.models.classifier import FailureClassifier
+from exporter.models.drift import reference_distribution
 from exporter.training.dataset import Dataset, TrainingOptions
 from exporter.training.evaluate import evaluation_report
 
@@ -72,6 +73,7 @@ def train_bundle(
         signals=signals,
         features=dataset.names,
         calibration=classifier.calibration_,
+        reference=reference_distribution(dataset.X[train]),
         training=training_info
         | {
             "start": _iso(dataset.time.min()),

@@ -158,3 +158,15 @@ def test_chunks_never_exceed_the_point_limit() -> None:
     assert chunks[-1].last == 29_999
     with pytest.raises(ValueError, match="11000 points"):
         plan_chunks(steps=30_000, chunk_steps=10_942, window_steps=60)
+
+
+def test_row_cap_keeps_memory_bounded_and_the_base_rate(config: Path, history: History) -> None:
+    settings = load_settings(config)
+    options = TrainingOptions(stride=1, partial_history_share=0.0)
+    start, end = history.frame.timestamps[0], history.frame.timestamps[2879]
+    everything = HistoryReader(settings, options, chunk_steps=720).read(start, end)
+    capped = HistoryReader(settings, options, chunk_steps=720, max_rows=8000).read(start, end)
+
+    assert len(capped.y) == 8000 < len(everything.y)
+    assert abs(capped.y.mean() - everything.y.mean()) < 0.01
+    assert capped.time.min() < start + 86_400 and capped.time.max() > end - 86_400, "every chunk contributes"

@@ -8,8 +8,10 @@ Two passes over the range, each split into chunks of ``chunk_steps``:
    window early so the first rows have full windows), turned into feature rows
    at once; the raw JSON of a chunk is dropped before the next is read.
 
-No query asks for more than Prometheus's 11,000 points per series. A chunk's
-rows can be cached on disk, so an interrupted run resumes where it stopped.
+No query asks for more than Prometheus's 11,000 points per series. Rows are
+capped (``max_rows``, a uniform sample per chunk, which keeps the base rate), so
+memory stays bounded at thousands of targets over weeks. A chunk's rows can be
+cached on disk, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -66,8 +68,11 @@ class HistoryReader:
         client: PrometheusClient | None = None,
         chunk_steps: int = 1440,
         cache_dir: Path | None = None,
+        max_rows: int = 2_000_000,
     ) -> None:
         self.settings = settings
+        self.max_rows = max_rows
+        self._rows_per_chunk = max_rows
         self.options = options
         self.client = client or PrometheusClient(settings.prometheus)
         self.chunk_steps = chunk_steps
@@ -84,6 +89,7 @@ class HistoryReader:
         step = self.settings.step
         timestamps = np.arange(np.ceil(start / step) * step, end + step / 2, step)
         chunks = plan_chunks(len(timestamps), self.chunk_steps, self.options.window_steps)
+        self._rows_per_chunk = max(1, self.max_rows // len(chunks))
         total = len(chunks) * 2
         failed = self._failed(timestamps, chunks, incidents, lambda done: progress and progress(done, total))
         parts = []
@@ -190,6 +196,10 @@ class HistoryReader:
         target, end = np.nonzero(labels.eligible[:, ends])
         end = ends[end]
         rng = np.random.default_rng([self.options.seed, chunk.first])
+        if len(end) > self._rows_per_chunk:
+            # A uniform sample keeps the base rate, so calibration stays honest.
+            keep = np.sort(rng.choice(len(end), self._rows_per_chunk, replace=False))
+            target, end = target[keep], end[keep]
         X = window_rows(values, window_times, target, end - first, self.signals, self.options, rng)
         rows = {
             "X": X,
@@ -215,6 +225,7 @@ class HistoryReader:
                 self.options.stride,
                 self.options.seed,
             ],
+            "rows_per_chunk": self._rows_per_chunk,
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
         return self.cache_dir / f"{kind}-{chunk.first:08d}-{digest}.npz"

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from exporter import logs
-from exporter.config import ConfigError, effective_config, load_settings
+from exporter.config import ConfigError, Settings, effective_config, load_settings
 from exporter.models.bundle import BundleError, load_bundle, save_bundle
 from exporter.models.registry import activate, list_versions, resolve
 from exporter.progress import reporter
@@ -179,8 +179,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     bundle = load_bundle(serving)
     log.info("starting", extra={"prometheus": settings.prometheus.url, "model": bundle.manifest.version})
     daemon = Daemon(settings, PrometheusSource(settings), bundle, watcher=ModelWatcher(model_path, serving))
+    schedule_refits(daemon, settings, model_path)
     make_server(daemon, settings.listen.address, settings.listen.port).run()
     return 0
+
+
+def schedule_refits(daemon: Daemon, settings: Settings, models_dir: Path) -> None:
+    """Anomaly refits and classifier retraining, when the config asks for them."""
+    from exporter.training.refit import Refitter
+
+    refitter = Refitter(settings, models_dir, lambda: daemon.state.bundle)
+    if settings.anomaly.refit_every is not None:
+        daemon.schedule(refitter.refit_anomaly, settings.anomaly.refit_every, "anomaly-refit")
+    if settings.retrain.every is not None:
+        daemon.schedule(refitter.retrain, settings.retrain.every, "retrain")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -175,6 +175,20 @@ class ModelSettings(_Strict):
     path: Path = Path("models/default")
 
 
+class AnomalyRefitSettings(_Strict):
+    """Refit the anomaly detector on recent history (off the scoring path); off by default."""
+
+    refit_every: Duration | None = None
+    fit_window: Duration = 7 * 86400.0
+
+
+class RetrainSettings(_Strict):
+    """Retrain the classifier on a schedule; the result serves only if it is not worse."""
+
+    every: Duration | None = None
+    window: Duration = 14 * 86400.0
+
+
 class FailureSettings(_Strict):
     """What counts as a failure when training: a PromQL expression and/or an incidents file."""
 
@@ -261,6 +275,8 @@ class Settings(_Strict):
     horizon: Duration = 1800.0
     model: ModelSettings = Field(default_factory=ModelSettings)
     failure: FailureSettings = Field(default_factory=FailureSettings)
+    anomaly: AnomalyRefitSettings = Field(default_factory=AnomalyRefitSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     listen: ListenSettings = Field(default_factory=ListenSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     max_targets: int = Field(default=10_000, ge=1)
@@ -304,6 +320,12 @@ class Settings(_Strict):
             raise ValueError("stale_after must be at least one interval")
         if not self.queries:
             raise ValueError("every signal is disabled: at least one signal is needed")
+        refits = self.anomaly.refit_every is not None or self.retrain.every is not None
+        if refits and (self.model.path / "manifest.json").exists():
+            raise ValueError(
+                "scheduled refits write new versions: model.path must be a models directory "
+                f"(with an 'active' link), not the single bundle {str(self.model.path)!r}"
+            )
         return self
 
     @property
@@ -386,6 +408,14 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     for key in ("interval", "lookback", "step", "rate_window", "horizon", "stale_after"):
         data[key] = format_duration(data[key])
+    for section, key in (
+        ("anomaly", "refit_every"),
+        ("anomaly", "fit_window"),
+        ("retrain", "every"),
+        ("retrain", "window"),
+    ):
+        if data[section][key] is not None:
+            data[section][key] = format_duration(data[section][key])
     for key in ("timeout", "backoff"):
         data["prometheus"][key] = format_duration(data["prometheus"][key])
     if data["prometheus"]["bearer_token"]:

@@ -15,6 +15,7 @@ from exporter.config import (
     ConfigError,
     Settings,
     apply_env,
+    effective_config,
     format_duration,
     load_settings,
     parse_duration,
@@ -296,3 +297,14 @@ def test_check_config_applies_environment_overrides(capsys, monkeypatch):
     printed = yaml.safe_load(out)
     assert printed["target_labels"] == ["job", "instance"]
     assert "by (job,instance)" in printed["signals"]["memory"]
+
+
+def test_scheduled_refits_need_a_models_directory_not_a_single_bundle(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"model\.path must be a models directory"):
+        load_settings(None, environ={"FAILURE_PREDICTOR_ANOMALY__REFIT_EVERY": "6h"})
+    settings = load_settings(
+        None,
+        environ={"FAILURE_PREDICTOR_RETRAIN__EVERY": "7d", "FAILURE_PREDICTOR_MODEL__PATH": str(tmp_path)},
+    )
+    assert settings.retrain.every == 7 * 86400
+    assert effective_config(settings)["retrain"] == {"every": "1w", "window": "2w"}

@@ -8,6 +8,7 @@ pointed at those series.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,14 @@ from backfill import FAILURE_QUERY, SIGNAL_QUERIES, create_blocks, write_openmet
 from servers import PrometheusServer, promtool_bin
 
 from exporter.cli import main
-from exporter.config import load_settings
-from exporter.models.bundle import load_bundle
-from exporter.models.registry import list_versions, resolve
+from exporter.config import AnomalyRefitSettings, RetrainSettings, load_settings
+from exporter.models.bundle import ModelBundle, load_bundle, save_bundle
+from exporter.models.registry import activate, list_versions, resolve
 from exporter.sources.simulate import History, simulate_history
 from exporter.training.dataset import TrainingOptions
 from exporter.training.history import HistoryReader, plan_chunks
+from exporter.training.refit import Refitter
+from exporter.training.train import train_bundle
 
 DAYS = 4
 
@@ -170,3 +173,67 @@ def test_row_cap_keeps_memory_bounded_and_the_base_rate(config: Path, history: H
     assert len(capped.y) == 8000 < len(everything.y)
     assert abs(capped.y.mean() - everything.y.mean()) < 0.01
     assert capped.time.min() < start + 86_400 and capped.time.max() > end - 86_400, "every chunk contributes"
+
+
+def refitter_for(
+    config: Path, history: History, models: Path, serving: ModelBundle, **sections: dict
+) -> Refitter:
+    settings = load_settings(config).model_copy(
+        update={
+            "anomaly": AnomalyRefitSettings(**sections.get("anomaly", {})),
+            "retrain": RetrainSettings(**sections.get("retrain", {})),
+        }
+    )
+    return Refitter(settings, models, lambda: serving, clock=lambda: float(history.frame.timestamps[-1]))
+
+
+def published(models: Path, bundle: ModelBundle, version: str) -> ModelBundle:
+    save_bundle(
+        dataclasses.replace(bundle, manifest=dataclasses.replace(bundle.manifest, version=version)),
+        models / version,
+    )
+    activate(models, version)
+    return load_bundle(models / version)
+
+
+def test_anomaly_refit_activates_a_new_detector_beside_the_same_classifier(
+    config: Path, history: History, tmp_path: Path
+) -> None:
+    serving = published(tmp_path, load_bundle("models/default"), "v1")
+    refitter = refitter_for(config, history, tmp_path, serving, anomaly={"fit_window": 2 * 86400})
+
+    version = refitter.refit_anomaly()
+
+    assert version is not None and resolve(tmp_path).name == version
+    refitted = load_bundle(resolve(tmp_path))
+    assert refitted.manifest.files["classifier.ubj"] == serving.manifest.files["classifier.ubj"]
+    assert refitted.manifest.files["detector.joblib"] != serving.manifest.files["detector.joblib"]
+    assert refitted.manifest.training["anomaly_refit"]["rows"] > 1000
+
+
+def test_retrain_replaces_a_worse_model_but_not_a_better_one(
+    config: Path, history: History, tmp_path: Path
+) -> None:
+    bootstrap = load_bundle("models/default")
+    slope, intercept = bootstrap.manifest.calibration
+    inverted = dataclasses.replace(bootstrap.manifest, calibration=(-slope, intercept))  # ranks targets backwards
+    worse = published(tmp_path, dataclasses.replace(bootstrap, manifest=inverted), "worse")
+
+    outcome = refitter_for(config, history, tmp_path, worse, retrain={"window": DAYS * 86400}).retrain()
+    assert outcome is not None and outcome.activated, outcome
+    assert resolve(tmp_path).name == outcome.version
+
+    # A model that has seen nearly all of this history scores better on the candidate's test rows.
+    settings = load_settings(config)
+    everything = HistoryReader(settings, TrainingOptions(stride=2)).read(
+        history.frame.timestamps[0], history.frame.timestamps[-1]
+    )
+    seen_it = train_bundle(
+        everything, tuple(settings.queries), 60.0, TrainingOptions(fractions=(0.9, 0.05)), "trained", {}
+    )
+    better = published(tmp_path, seen_it, "better")
+
+    outcome = refitter_for(config, history, tmp_path, better, retrain={"window": DAYS * 86400}).retrain()
+    assert outcome is not None and not outcome.activated, outcome
+    assert outcome.serving_pr_auc > outcome.candidate_pr_auc
+    assert resolve(tmp_path).name == "better"

@@ -189,6 +189,19 @@ class Daemon:
         )
         self._scheduler.start()
 
+    def schedule(self, job: Callable[[], object], every: float, name: str) -> None:
+        """Run slow background work (refits) every ``every`` seconds, off the scoring cycle."""
+
+        def run() -> None:
+            try:
+                job()
+            except Exception as exc:
+                log.error("background job failed", extra={"job": name, "error": str(exc)}, exc_info=True)
+
+        self._scheduler.add_job(
+            run, "interval", seconds=every, id=name, max_instances=1, coalesce=True, misfire_grace_time=None
+        )
+
     def stop(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)

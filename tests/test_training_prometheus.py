@@ -216,7 +216,8 @@ def test_retrain_replaces_a_worse_model_but_not_a_better_one(
 ) -> None:
     bootstrap = load_bundle("models/default")
     slope, intercept = bootstrap.manifest.calibration
-    inverted = dataclasses.replace(bootstrap.manifest, calibration=(-slope, intercept))  # ranks targets backwards
+    # An inverted calibration ranks every target backwards.
+    inverted = dataclasses.replace(bootstrap.manifest, calibration=(-slope, intercept))
     worse = published(tmp_path, dataclasses.replace(bootstrap, manifest=inverted), "worse")
 
     outcome = refitter_for(config, history, tmp_path, worse, retrain={"window": DAYS * 86400}).retrain()

@@ -1,18 +1,64 @@
-"""The daemon's one HTTP port: metrics, health, and the current scores as JSON."""
+"""The daemon's one HTTP port: metrics, health, current scores, predictions and the model.
+
+Handlers only read: the current Snapshot and bundle from ``daemon.state``, the
+probability history a cycle listener keeps. Everything a client sends is
+validated where it enters (``predict.py`` for prediction bodies, FastAPI query
+models here), so bad input is a 4xx naming the field, never a 500.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import fnmatch
+import hmac
+import logging
+import math
+import re
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import asdict
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import unquote
 
+import numpy as np
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
+from pydantic import BeforeValidator
 
-from exporter.service.daemon import Daemon
-from exporter.snapshot import RISK_NAMES
+from exporter.config import ApiSettings, format_duration
+from exporter.service.daemon import Daemon, check_compatibility, served_horizon
+from exporter.service.history import ProbabilityHistory, TargetKey, target_key
+from exporter.service.predict import (
+    DEFAULT_TOP_FEATURES,
+    ApiError,
+    Explained,
+    Scorer,
+    describe,
+    parse_request,
+    problem,
+    request_adapter,
+    request_schema,
+)
+from exporter.snapshot import RISK_NAMES, Snapshot, risk_levels
+
+log = logging.getLogger(__name__)
+
+TARGETS_PREFIX = "/api/v1/targets/"
+OFFLOAD_BYTES = 64 * 1024  # bodies larger than this are parsed in a worker thread, off the event loop
+OFFLOAD_ROWS = 64
+SHUTDOWN_GRACE = 5.0  # seconds in-flight requests get to finish when the daemon stops
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 LANDING = """<!doctype html>
 <html><head><title>failure-predictor</title></head><body>
@@ -21,15 +67,171 @@ LANDING = """<!doctype html>
 <ul>
 <li><a href="/metrics">/metrics</a>: failure_probability and friends, for Prometheus to scrape</li>
 <li><a href="/api/v1/targets">/api/v1/targets</a>: current scores per target (JSON)</li>
+<li><a href="/api/v1/model">/api/v1/model</a>: the serving model's manifest</li>
+<li>POST /api/v1/predict: score raw recent values or look up a target</li>
 <li><a href="/healthz">/healthz</a>: alive</li>
 <li><a href="/readyz">/readyz</a>: model loaded and a recent cycle succeeded</li>
 <li><a href="/docs">/docs</a>: API documentation</li>
 </ul></body></html>
 """
 
+PREDICTION_EXAMPLE = {
+    "target": None,
+    "failure_probability": 0.87,
+    "risk_level": "CRITICAL",
+    "anomaly_score": 0.97,
+    "horizon": "30m",
+    "model_version": "2024-05-01T12-00-00Z-3f2a",
+    "timestamp": 1714564800.0,
+    "explanation": {
+        "base_value": -3.1,
+        "margin": 2.4,
+        "signals": [{"signal": "memory", "contribution": 5.2, "share": 1.0}],
+        "unattributed": 0.05,
+        "top_features": [{"feature": "memory_exhaustion_steps", "value": 6.0, "contribution": 2.9}],
+    },
+    "recommendations": ["Memory is at 84% of its limit, growing 2.6 points per minute ..."],
+}
+
+
+def _risk_name(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+RiskName = Annotated[Literal["MINIMAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"], BeforeValidator(_risk_name)]
+TopFeatures = Annotated[
+    int,
+    Query(ge=0, le=1000, description="how many features to list in each explanation, largest |SHAP| first"),
+]
+
+
+class ApiMetrics:
+    """Request counts and latency by route template (bounded labels: never the raw path)."""
+
+    _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, ApiMetrics]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "failure_predictor_api_requests_total",
+            "HTTP requests answered, by route template and status code.",
+            ["route", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "failure_predictor_api_request_duration_seconds",
+            "Time to answer an HTTP request, by route template.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry) -> ApiMetrics:
+        """One set per registry, so several apps over one daemon do not register twice."""
+        if registry not in cls._by_registry:
+            cls._by_registry[registry] = cls(registry)
+        return cls._by_registry[registry]
+
+
+class RequestMetrics:
+    """ASGI middleware: counts and times every request, auth failures and errors included."""
+
+    def __init__(self, app: Any, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def record_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            template = getattr(scope.get("route"), "path", None)
+            if template is None:  # FastAPI's own docs routes leave no route in the scope
+                template = scope["path"] if scope["path"] in DOCS_PATHS else "unmatched"
+            template = template.replace(":path}", "}")
+            self.metrics.requests.labels(template, str(status)).inc()
+            self.metrics.latency.labels(template).observe(time.perf_counter() - start)
+
+
+class BearerToken:
+    """The expected token: fixed, or read from a file and re-read when the file changes (rotation)."""
+
+    def __init__(self, token: str | None, path: Path | None) -> None:
+        self._token, self._path, self._stamp = token, path, None
+        if path is not None:
+            self.current()
+
+    def current(self) -> str:
+        if self._path is None:
+            return self._token or ""
+        try:
+            stat = self._path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp != self._stamp:
+                self._token, self._stamp = self._path.read_text().strip(), stamp
+        except OSError as exc:
+            log.warning(
+                "cannot re-read the API token file", extra={"path": str(self._path), "error": str(exc)}
+            )
+        return self._token or ""
+
+
+# Module level: the annotations below are strings, resolved against this module's globals.
+BEARER = HTTPBearer(auto_error=False, description="the token in api.token or api.token_file")
+
+
+def token_guard(api: ApiSettings) -> list[Any]:
+    """FastAPI dependencies that demand the bearer token; none when no token is configured."""
+    if api.token is None and api.token_file is None:
+        return []
+    expected = BearerToken(api.token, api.token_file)
+
+    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        token = expected.current().encode()
+        given = credentials.credentials.encode() if credentials else b""
+        if not token or not hmac.compare_digest(given, token):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return [Depends(require_token)]
+
+
+class TargetIndex:
+    """Row of each target in the current Snapshot, built once per Snapshot."""
+
+    def __init__(self) -> None:
+        self._cached: tuple[Snapshot | None, dict[TargetKey, int]] = (None, {})
+
+    def rows(self, snapshot: Snapshot) -> dict[TargetKey, int]:
+        cached, rows = self._cached
+        if cached is not snapshot:
+            rows = {target_key(labels): row for row, labels in enumerate(snapshot.targets)}
+            self._cached = (snapshot, rows)
+        return rows
+
 
 def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
     """The ASGI app; with ``run_scheduler`` the daemon's cycles start and stop with the server."""
+    settings, api = daemon.settings, daemon.settings.api
+    history = ProbabilityHistory(api.history_points)
+    daemon.on_cycle.append(history.update)
+    index = TargetIndex()
+    scorer = Scorer(max_rows=api.max_batch)
+    adapter = request_adapter(settings.target_labels)
+    protected = token_guard(api)
+    operations = protected if api.protect_metrics else []
+    metrics = ApiMetrics.on(daemon.registry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -40,46 +242,296 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
         finally:
             daemon.stop()
 
-    app = FastAPI(title="failure-predictor", lifespan=lifespan)
+    app = FastAPI(
+        title="failure-predictor",
+        summary="Predicts workload failures from Prometheus series.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestMetrics, metrics=metrics)
+
+    @app.exception_handler(ApiError)
+    async def refused(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=exc.status)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def landing() -> str:
         return LANDING
 
-    @app.get("/metrics", include_in_schema=False)
-    def metrics(request: Request) -> Response:
+    @app.get("/metrics", include_in_schema=False, dependencies=operations)
+    def exposition(request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(daemon.registry), media_type=content_type)
 
-    @app.get("/healthz")
+    @app.get("/healthz", dependencies=operations)
     def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", dependencies=operations)
     def readyz() -> JSONResponse:
         ready, reason = daemon.readiness()
         return JSONResponse({"ready": ready, "reason": reason}, status_code=200 if ready else 503)
 
-    @app.get("/api/v1/targets")
-    def targets() -> dict[str, Any]:
-        return targets_body(daemon)
+    @app.get("/api/v1/targets", dependencies=protected)
+    def targets(
+        sort: Annotated[Literal["probability", "anomaly", "labels"], Query()] = "probability",
+        order: Annotated[
+            Literal["asc", "desc"] | None,
+            Query(description="default: desc for probability and anomaly, asc for labels"),
+        ] = None,
+        risk: Annotated[list[RiskName] | None, Query(description="only these risk levels")] = None,
+        min_risk: Annotated[RiskName | None, Query(description="only this risk level and above")] = None,
+        label: Annotated[
+            list[str] | None,
+            Query(description="target label matchers, `name=glob` or `name!=glob` (`*`, `?`, `[...]`)"),
+        ] = None,
+        limit: Annotated[int | None, Query(ge=1, description="at most this many targets")] = None,
+    ) -> dict[str, Any]:
+        """Current scores, riskiest first: probability, risk level, anomaly, top signals, advice."""
+        matchers = parse_matchers(label or [], settings.target_labels)
+        return targets_body(daemon, sort, order, risk, min_risk, matchers, limit)
 
+    @app.get("/api/v1/targets/{target:path}", dependencies=protected)
+    def target_detail(request: Request, top_features: TopFeatures = DEFAULT_TOP_FEATURES) -> dict[str, Any]:
+        """One target, named by its target-label values in order (e.g. `/api/v1/targets/shop/cart-1`)."""
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        parts = raw.decode("latin-1").split(TARGETS_PREFIX, 1)[-1].split("/")
+        labels = settings.target_labels
+        if len(parts) != len(labels):
+            expected = "/".join(f"<{name}>" for name in labels)
+            raise ApiError(404, [problem(["path"], f"expected {TARGETS_PREFIX}{expected}", "not_found")])
+        selector = dict(zip(labels, (unquote(part) for part in parts), strict=True))
+        snapshot, rows = find_targets(daemon, index, [(["path"], selector)])
+        body = answer_selectors(snapshot, rows, settings.step, top_features)[0]
+        body["history"] = [
+            {"timestamp": when, "failure_probability": probability}
+            for when, probability in history.of(selector)
+        ]
+        return body
+
+    @app.get("/api/v1/model", dependencies=protected)
+    def model() -> JSONResponse:
+        """The serving bundle's manifest (version, training window, metrics, features) and how it is served."""
+        bundle = daemon.state.bundle
+        if bundle is None:
+            raise ApiError(503, [problem([], "no model is loaded", "unavailable")])
+        body = asdict(bundle.manifest)
+        body["serving"] = {
+            "horizon": format_duration(served_horizon(bundle, settings.step)),
+            "step": format_duration(settings.step),
+            "lookback": format_duration(settings.lookback),
+            "signals": list(settings.queries),
+            "differences": check_compatibility(bundle, settings),
+        }
+        return JSONResponse(_json_safe(body))
+
+    @app.post(
+        "/api/v1/predict",
+        dependencies=protected,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+            }
+        },
+        responses={
+            200: {
+                "description": 'one prediction for one observation, `{"predictions": [...]}` for a list',
+                "content": {"application/json": {"example": PREDICTION_EXAMPLE}},
+            },
+            404: {"description": "a target selector names no target of the latest fresh cycle"},
+            422: {"description": "the body is invalid; `detail` names each bad field"},
+        },
+    )
+    async def predict(request: Request, top_features: TopFeatures = DEFAULT_TOP_FEATURES) -> JSONResponse:
+        """Score raw recent values per signal, or look up targets, one observation or a batch.
+
+        Raw values go through the same window features and models as the scoring
+        cycle; selectors (`{"namespace": ..., "pod": ...}`) are answered from the
+        latest cycle. Each answer has the probability, risk level, anomaly score,
+        SHAP explanation (log-odds: `base_value` + contributions = `margin`) and advice.
+        """
+        body = await read_body(request, api.max_body_bytes)
+        bundle = daemon.state.bundle
+        parse = partial(parse_request, body, adapter, bundle, api.max_batch, settings.step)
+        parsed = await run_in_threadpool(parse) if len(body) > OFFLOAD_BYTES else parse()
+        answers: list[Any] = [None] * parsed.size
+        if parsed.selectors:
+            located = [
+                (["body"] if parsed.single else ["body", position], selector)
+                for position, selector in parsed.selectors
+            ]
+            snapshot, rows = find_targets(daemon, index, located)
+            found = answer_selectors(snapshot, rows, settings.step, top_features)
+            for (position, _), answer in zip(parsed.selectors, found, strict=True):
+                answers[position] = answer
+        if parsed.values is not None:
+            features, scores = await scorer.score(bundle, parsed.values, parsed.ends)
+            explain = partial(
+                describe, Explained.of_scores(bundle, features, scores), parsed.steps, top_features
+            )
+            described = await run_in_threadpool(explain) if len(parsed.values) > OFFLOAD_ROWS else explain()
+            version = bundle.manifest.version
+            for position, answer, end, step in zip(
+                parsed.raw_positions, described, parsed.ends.tolist(), parsed.steps.tolist(), strict=True
+            ):
+                horizon = format_duration(served_horizon(bundle, step))
+                answers[position] = _ordered(answer, None, horizon, version, end)
+        return JSONResponse(answers[0] if parsed.single else {"predictions": answers})
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            body = request_schema(settings.target_labels)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(body.pop("$defs", {}))
+            components["PredictRequest"] = {"title": "PredictRequest", **body}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
-def targets_body(daemon: Daemon) -> dict[str, Any]:
-    """Current scores, riskiest first; empty with a reason when there is no fresh snapshot."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with a 422 as soon as it is known to exceed ``limit`` bytes."""
+
+    def too_large(size: str) -> ApiError:
+        return ApiError(
+            422,
+            [
+                problem(
+                    ["body"],
+                    f"the body is {size} bytes, over the limit of {limit} (api.max_body_bytes)",
+                    "too_long",
+                )
+            ],
+        )
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(declared)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"more than {limit}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def find_targets(
+    daemon: Daemon, index: TargetIndex, selectors: Sequence[tuple[list[Any], dict[str, str]]]
+) -> tuple[Snapshot, list[int]]:
+    """The fresh Snapshot and the row of each ``(location, selector)`` in it, or a 404 saying why not."""
     snapshot = daemon.state.snapshot
     ready, reason = daemon.readiness()
     if snapshot is None or not ready:
-        return {"ready": ready, "reason": reason, "targets": []}
-    levels = snapshot.risk
-    rows = sorted(range(len(snapshot.targets)), key=lambda row: -snapshot.probability[row])
+        where = selectors[0][0]
+        raise ApiError(404, [problem(where, f"no fresh scores to answer from: {reason}", "not_found")])
+    known = index.rows(snapshot)
+    rows, errors = [], []
+    for where, selector in selectors:
+        row = known.get(target_key(selector))
+        if row is None:
+            named = ",".join(f'{name}="{value}"' for name, value in selector.items())
+            message = f"no target {{{named}}} in the latest cycle ({len(snapshot.targets)} targets)"
+            errors.append(problem(where, message, "not_found"))
+        rows.append(row)
+    if errors:
+        raise ApiError(404, errors)
+    return snapshot, rows
+
+
+def answer_selectors(snapshot: Snapshot, rows: Sequence[int], step: float, top: int) -> list[dict[str, Any]]:
+    described = describe(Explained.of_snapshot(snapshot, rows), [step] * len(rows), top)
+    model = snapshot.model.version
+    return [
+        _ordered(answer, dict(snapshot.targets[row]), snapshot.horizon, model, snapshot.data_time)
+        for answer, row in zip(described, rows, strict=True)
+    ]
+
+
+def _ordered(
+    answer: dict[str, Any], target: dict[str, str] | None, horizon: str, version: str, timestamp: float
+) -> dict[str, Any]:
+    return {
+        "target": target,
+        "failure_probability": answer["failure_probability"],
+        "risk_level": answer["risk_level"],
+        "anomaly_score": answer["anomaly_score"],
+        "horizon": horizon,
+        "model_version": version,
+        "timestamp": timestamp,
+        "explanation": answer["explanation"],
+        "recommendations": answer["recommendations"],
+    }
+
+
+Matcher = tuple[str, bool, str]  # label, negated, glob
+
+
+def parse_matchers(texts: Sequence[str], target_labels: Sequence[str]) -> list[Matcher]:
+    matchers, errors = [], []
+    for text in texts:
+        found = re.fullmatch(r"([a-zA-Z_][a-zA-Z0-9_]*)(!=|=)(.*)", text, flags=re.DOTALL)
+        if found is None:
+            errors.append(problem(["query", "label"], f"expected name=glob or name!=glob, got {text!r}"))
+        elif found[1] not in target_labels:
+            errors.append(
+                problem(
+                    ["query", "label"],
+                    f"{found[1]!r} is not a target label; targets have {list(target_labels)}",
+                )
+            )
+        else:
+            matchers.append((found[1], found[2] == "!=", found[3]))
+    if errors:
+        raise ApiError(422, errors)
+    return matchers
+
+
+def targets_body(
+    daemon: Daemon,
+    sort: str = "probability",
+    order: str | None = None,
+    risk: Sequence[str] | None = None,
+    min_risk: str | None = None,
+    matchers: Sequence[Matcher] = (),
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Current scores, filtered and sorted; empty with a reason when there is no fresh snapshot."""
+    snapshot = daemon.state.snapshot
+    ready, reason = daemon.readiness()
+    if snapshot is None or not ready:
+        return {"ready": ready, "reason": reason, "total": 0, "targets": []}
+    levels = risk_levels(snapshot.probability)
+    keep = levels >= (RISK_NAMES.index(min_risk) if min_risk else 0)
+    if risk:
+        keep &= np.isin(levels, [RISK_NAMES.index(name) for name in risk])
+    rows = [
+        row
+        for row in keep.nonzero()[0].tolist()
+        if all(
+            fnmatch.fnmatchcase(snapshot.targets[row].get(name, ""), glob) != negated
+            for name, negated, glob in matchers
+        )
+    ]
+    descending = (order or ("asc" if sort == "labels" else "desc")) == "desc"
+    if sort == "labels":
+        rows.sort(key=lambda row: tuple(snapshot.targets[row].values()), reverse=descending)
+    else:
+        score = (snapshot.probability if sort == "probability" else snapshot.anomaly)[rows]
+        order_of = np.argsort(-score if descending else score, kind="stable")
+        rows = np.asarray(rows, dtype=np.intp)[order_of].tolist()
+    total, rows = len(rows), rows[:limit]
+    advice = describe(Explained.of_snapshot(snapshot, rows), [daemon.settings.step] * len(rows), 0)
     return {
         "ready": True,
         "data_time": snapshot.data_time,
         "horizon": snapshot.horizon,
         "model_version": snapshot.model.version,
+        "total": total,
         "targets": [
             {
                 "labels": dict(snapshot.targets[row]),
@@ -90,15 +542,43 @@ def targets_body(daemon: Daemon) -> dict[str, Any]:
                     {"signal": signal, "share": round(share, 4)}
                     for signal, share in snapshot.top_signals(row)
                 ],
+                "recommendations": described["recommendations"],
             }
-            for row in rows
+            for row, described in zip(rows, advice, strict=True)
         ],
     }
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (e.g. an undefined training metric) become null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _version() -> str:
+    try:
+        return metadata.version("failure-predictor")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
 def make_server(daemon: Daemon, address: str, port: int) -> uvicorn.Server:
-    """A uvicorn server for the app; ``server.run()`` blocks, ``should_exit`` stops it."""
+    """A uvicorn server for the app (HTTPS with api.tls_*); ``server.run()`` blocks, ``should_exit`` stops it."""
+    api = daemon.settings.api
     config = uvicorn.Config(
-        create_app(daemon), host=address, port=port, log_level="warning", access_log=False
+        create_app(daemon),
+        host=address,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=str(api.tls_cert_file) if api.tls_cert_file else None,
+        ssl_keyfile=str(api.tls_key_file) if api.tls_key_file else None,
+        # Idle keep-alive TLS clients otherwise hold a shutdown for asyncio's 30 s close_notify wait.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
     return uvicorn.Server(config)

@@ -1,0 +1,181 @@
+"""Requests per second and p50/p99 latency of POST /api/v1/predict on this machine.
+
+    python benchmarks/api.py                      # starts `failure-predictor demo` on a free port
+    python benchmarks/api.py --url http://host:9847 [--token T]   # an already running daemon
+
+Raw-value observations (a full window of every signal, random walks) are sent
+over keep-alive HTTP/1.1 connections: single predictions from one client (pure
+latency) and from several concurrent clients (throughput; concurrent requests
+are coalesced into one model call by the server), then batches of 100 and 1,000.
+The server and this client share the machine's cores, so the figures are a
+floor for a dedicated host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+
+def observations(count: int, window: int, signals: list[str], seed: int = 0) -> list[dict[str, Any]]:
+    """Plausible windows: utilisation-like random walks in [0, 1] ending now."""
+    rng = np.random.default_rng(seed)
+    walks = np.clip(0.4 + np.cumsum(rng.normal(0, 0.01, (count, window, len(signals))), axis=1), 0, 1)
+    return [
+        {"signals": {name: walks[i, :, s].round(5).tolist() for s, name in enumerate(signals)}}
+        for i in range(count)
+    ]
+
+
+class Client:
+    """One keep-alive connection; ``post`` returns the seconds the round trip took."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        parts = urlsplit(url)
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self.connection = kind(parts.hostname, parts.port, timeout=120)
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        self.connection.request(method, path, body=body, headers=self.headers)
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def post(self, body: bytes) -> float:
+        start = time.perf_counter()
+        status, data = self.request("POST", "/api/v1/predict", body)
+        elapsed = time.perf_counter() - start
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {data[:300]!r}")
+        return elapsed
+
+
+def run(url: str, token: str | None, bodies: list[bytes], clients: int, seconds: float) -> dict[str, float]:
+    """Send ``bodies`` round-robin from ``clients`` threads for ``seconds``; latency and rate."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    stop = time.perf_counter() + seconds
+
+    def work(index: int) -> None:
+        client = Client(url, token)
+        client.post(bodies[0])  # connect outside the measurement
+        i = index
+        while time.perf_counter() < stop:
+            latencies[index].append(client.post(bodies[i % len(bodies)]))
+            i += clients
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    every = sorted(x for per_client in latencies for x in per_client)
+    return {
+        "requests": len(every),
+        "rps": len(every) / elapsed,
+        "p50": statistics.median(every),
+        "p99": every[min(len(every) - 1, int(0.99 * len(every)))],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def demo_server() -> Any:
+    """`failure-predictor demo` (the shipped model, a simulated cluster) on a free port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "demo", "--port", str(port), "--interval", "60", "--cycles", "0"],
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: Client(url, None).request("GET", "/readyz")[0] == 200, timeout=60)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def wait_until(ready: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the server did not become ready")
+
+
+def measure(url: str, token: str | None, seconds: float, clients: int) -> list[tuple[str, dict[str, float]]]:
+    status, data = Client(url, token).request("GET", "/api/v1/model")
+    if status != 200:
+        raise RuntimeError(f"GET /api/v1/model: HTTP {status}: {data[:300]!r}")
+    model = json.loads(data)
+    pool = observations(2000, model["window_steps"], model["signals"])
+    singles = [json.dumps(item).encode() for item in pool]
+    batch_100 = [json.dumps(pool[i : i + 100]).encode() for i in range(0, 2000, 100)]
+    batch_1000 = [json.dumps(pool[:1000]).encode(), json.dumps(pool[1000:]).encode()]
+    return [
+        ("single, 1 client", run(url, token, singles, 1, seconds)),
+        (f"single, {clients} clients", run(url, token, singles, clients, seconds)),
+        ("batch of 100, 1 client", {**run(url, token, batch_100, 1, seconds), "items": 100}),
+        ("batch of 1,000, 1 client", {**run(url, token, batch_1000, 1, seconds), "items": 1000}),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="a running daemon (default: start the demo)")
+    parser.add_argument(
+        "--token", default=os.environ.get("FAILURE_PREDICTOR_API__TOKEN"), help="bearer token"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement (default 10)")
+    parser.add_argument(
+        "--clients", type=int, default=16, help="concurrent clients for throughput (default 16)"
+    )
+    args = parser.parse_args()
+    with demo_server() if args.url is None else _given(args.url) as url:
+        results = measure(url, args.token, args.seconds, args.clients)
+    print(f"{'POST /api/v1/predict':<26} {'requests/s':>10} {'items/s':>9} {'p50':>9} {'p99':>9}")
+    for name, result in results:
+        items = result["rps"] * result.get("items", 1)
+        print(
+            f"{name:<26} {result['rps']:>10,.0f} {items:>9,.0f} "
+            f"{result['p50'] * 1000:>7.1f}ms {result['p99'] * 1000:>7.1f}ms"
+        )
+
+
+@contextmanager
+def _given(url: str) -> Any:
+    yield url.rstrip("/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+"""``POST /api/v1/predict``: request models, validation, batched scoring, explanations.
+
+An observation is either raw recent values per signal, scored by the same
+``window_features`` + ``ModelBundle.score`` the cycle uses (a whole batch in one
+call), or a target selector answered from the latest Snapshot. Input is checked
+once here, where it enters, and every problem becomes a 422 naming the field;
+scoring code downstream trusts what it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import anyio.to_thread
+import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
+
+from exporter.config import parse_duration
+from exporter.features import SHORT_SPAN, Features, signal_weights, window_features
+from exporter.models.bundle import ModelBundle, Scores
+from exporter.recommend import recommend
+from exporter.snapshot import RISK_NAMES, Snapshot, contribution_shares, risk_levels
+
+MIN_POINTS = SHORT_SPAN  # fewer points leave the short-span rate and most trends undefined
+MAX_STEP = 7 * 86400.0
+MAX_ERRORS = 50  # reported per response; a batch of 1,000 bad arrays would otherwise echo 100k errors
+DEFAULT_TOP_FEATURES = 5
+
+
+class ApiError(Exception):
+    """A request the API refuses: ``status`` and FastAPI-style ``detail`` entries (type, loc, msg)."""
+
+    def __init__(self, status: int, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["msg"] if errors else str(status))
+        self.status = status
+        self.errors = errors[:MAX_ERRORS]
+
+
+def problem(loc: Sequence[str | int], msg: str, kind: str = "value_error") -> dict[str, Any]:
+    return {"type": kind, "loc": list(loc), "msg": msg}
+
+
+def _step(value: Any) -> float:
+    seconds = parse_duration(value)
+    if not 0.001 <= seconds <= MAX_STEP:
+        raise ValueError(f"step must be between 1ms and 7d, got {value!r}")
+    return seconds
+
+
+def _unix_seconds(value: Any) -> float:
+    """Unix seconds from a number or an RFC 3339 string (UTC when it names no zone)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("expected Unix seconds or an RFC 3339 time like '2024-05-01T12:00:00Z'")
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"expected an RFC 3339 time like '2024-05-01T12:00:00Z', got {value!r}"
+            ) from None
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if not (math.isfinite(value) and 0 <= value < 1e11):
+        raise ValueError(f"expected Unix seconds between 0 and 1e11, got {value!r}")
+    return float(value)
+
+
+Sample = Annotated[float, Field(strict=True, allow_inf_nan=False)] | None
+Step = Annotated[float, BeforeValidator(_step)]
+Timestamp = Annotated[float, BeforeValidator(_unix_seconds)]
+
+
+class Observation(BaseModel):
+    """Raw recent values per signal, oldest first, one every ``step``; ``null`` marks a gap."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "signals": {
+                        "memory": [0.61, 0.63, 0.66, 0.68, 0.71, 0.73, 0.76, 0.78, 0.81, 0.84],
+                        "errors": [0.0, 0.0, 0.0, None, 0.0, 0.01, 0.0, 0.0, 0.0, 0.0],
+                    },
+                    "step": "60s",
+                    "timestamp": "2024-05-01T12:00:00Z",
+                }
+            ]
+        },
+    )
+
+    signals: dict[str, Annotated[list[Sample], Field(min_length=MIN_POINTS)]] = Field(
+        description=(
+            f"signal name -> values, oldest first; {MIN_POINTS} points at least, at most the model's "
+            "window (GET /api/v1/model: window_steps); shorter windows count as a target with short "
+            "history, missing signals as missing series"
+        )
+    )
+    step: Step | None = Field(
+        default=None, description="seconds between values or a duration like '60s' (default: the config step)"
+    )
+    timestamp: Timestamp | None = Field(
+        default=None, description="time of the newest value, Unix seconds or RFC 3339 (default: now)"
+    )
+
+
+def selector_model(target_labels: Sequence[str]) -> type[BaseModel]:
+    """``{label: value}`` for exactly the configured target labels (aliases: a label may be any name)."""
+    labels: dict[str, Any] = {
+        f"label_{i}": (Annotated[str, Field(strict=True, alias=label)], ...)
+        for i, label in enumerate(target_labels)
+    }
+    return create_model(
+        "TargetSelector",
+        __config__=ConfigDict(extra="forbid", populate_by_name=False),
+        __doc__="A target of the latest cycle, named by its target labels (answered from the latest scores).",
+        **labels,
+    )
+
+
+def _kind(item: Any) -> str:
+    return "target" if isinstance(item, dict) and "signals" not in item else "values"
+
+
+def request_adapter(target_labels: Sequence[str]) -> TypeAdapter:
+    selector = selector_model(target_labels)
+    item = Annotated[
+        Annotated[Observation, Tag("values")] | Annotated[selector, Tag("target")],  # type: ignore[valid-type]
+        Discriminator(_kind),
+    ]
+    return TypeAdapter(list[item])  # type: ignore[valid-type]
+
+
+def request_schema(target_labels: Sequence[str]) -> dict[str, Any]:
+    """JSON schema of a request body (one item or a list), refs pointing at OpenAPI components."""
+    selector = selector_model(target_labels)
+    item = Observation | selector  # type: ignore[valid-type]
+    return TypeAdapter(item | list[item]).json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class ParsedBody:
+    """A validated body: raw observations as one window array, selectors as label sets."""
+
+    single: bool
+    size: int
+    raw_positions: list[int] = field(default_factory=list)
+    values: np.ndarray | None = None  # [raw observations, window, signals]
+    ends: np.ndarray | None = None
+    steps: np.ndarray | None = None
+    selectors: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+
+
+def parse_request(
+    body: bytes,
+    adapter: TypeAdapter,
+    bundle: ModelBundle | None,
+    max_batch: int,
+    default_step: float,
+    clock: Callable[[], float] = time.time,
+) -> ParsedBody:
+    """Decode and validate; raise ApiError naming each bad field (422), or 503 without a model."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(422, [problem(["body"], f"body is not valid JSON: {exc}", "json_invalid")]) from None
+    single = isinstance(doc, dict)
+    if not single and not isinstance(doc, list):
+        raise ApiError(
+            422, [problem(["body"], "expected an observation object or a list of them", "type_error")]
+        )
+    items = [doc] if single else doc
+    if not items:
+        raise ApiError(422, [problem(["body"], "the batch is empty", "too_short")])
+    if len(items) > max_batch:
+        raise ApiError(
+            422,
+            [
+                problem(
+                    ["body"],
+                    f"a batch of {len(items)} observations is over the limit of {max_batch} (api.max_batch)",
+                    "too_long",
+                )
+            ],
+        )
+
+    def where(index: int, *rest: str | int) -> list[str | int]:
+        return ["body", *rest] if single else ["body", index, *rest]
+
+    try:
+        parsed = adapter.validate_python(items)
+    except ValidationError as exc:
+        raise ApiError(422, [_located(error, where) for error in exc.errors()[:MAX_ERRORS]]) from None
+    raw = [(i, item) for i, item in enumerate(parsed) if isinstance(item, Observation)]
+    selectors = [
+        (i, item.model_dump(by_alias=True))
+        for i, item in enumerate(parsed)
+        if not isinstance(item, Observation)
+    ]
+    request = ParsedBody(single=single, size=len(items), selectors=selectors)
+    if not raw:
+        return request
+    if bundle is None:
+        raise ApiError(
+            503, [problem(["body"], "no model is loaded: raw values cannot be scored", "unavailable")]
+        )
+    manifest = bundle.manifest
+    window, known = manifest.window_steps, manifest.signals
+    errors = []
+    for i, item in raw:
+        if not item.signals:
+            errors.append(
+                problem(where(i, "signals"), f"give at least one signal of {list(known)}", "missing")
+            )
+        for name, points in item.signals.items():
+            if name not in known:
+                errors.append(
+                    problem(
+                        where(i, "signals", name), f"unknown signal {name!r}; the model knows {list(known)}"
+                    )
+                )
+            elif len(points) > window:
+                errors.append(
+                    problem(
+                        where(i, "signals", name),
+                        f"{len(points)} points is more than the model's window of {window} steps; send the newest {window}",
+                        "too_long",
+                    )
+                )
+    if errors:
+        raise ApiError(422, errors)
+    values = np.full((len(raw), window, len(known)), np.nan)
+    for row, (_, item) in enumerate(raw):
+        for name, points in item.signals.items():
+            values[row, window - len(points) :, known.index(name)] = np.array(points, dtype=float)
+    now = clock()
+    return ParsedBody(
+        single=single,
+        size=len(items),
+        raw_positions=[i for i, _ in raw],
+        values=values,
+        ends=np.array([now if item.timestamp is None else item.timestamp for _, item in raw]),
+        steps=np.array([default_step if item.step is None else item.step for _, item in raw]),
+        selectors=selectors,
+    )
+
+
+def _located(error: Mapping[str, Any], where: Callable[..., list[str | int]]) -> dict[str, Any]:
+    """A pydantic error at the body path the client wrote (the union's tag removed from the location)."""
+    index, *rest = error["loc"]
+    if rest and rest[0] in ("values", "target"):
+        rest = rest[1:]
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    return problem(where(index, *rest), message, error["type"])
+
+
+@dataclass(frozen=True)
+class Explained:
+    """Scores of n rows with what is needed to explain them; row i of every array is row i."""
+
+    signals: tuple[str, ...]
+    features: tuple[str, ...]
+    probability: np.ndarray
+    anomaly: np.ndarray
+    shares: np.ndarray  # [n, signals], see contribution_shares
+    values: np.ndarray | None  # [n, features] model inputs
+    contributions: np.ndarray | None  # [n, features + 1] SHAP on the margin, last column the bias
+
+    @classmethod
+    def of_scores(cls, bundle: ModelBundle, features: Features, scores: Scores) -> Explained:
+        manifest = bundle.manifest
+        return cls(
+            signals=manifest.signals,
+            features=manifest.features,
+            probability=scores.probability,
+            anomaly=scores.anomaly,
+            shares=contribution_shares(scores.signal_contributions),
+            values=scores.inputs,
+            contributions=scores.contributions,
+        )
+
+    @classmethod
+    def of_snapshot(cls, snapshot: Snapshot, rows: Sequence[int]) -> Explained:
+        rows = np.asarray(rows, dtype=np.intp)
+        explanations = snapshot.explanations
+        return cls(
+            signals=snapshot.signals,
+            features=explanations.features if explanations else (),
+            probability=snapshot.probability[rows],
+            anomaly=snapshot.anomaly[rows],
+            shares=snapshot.contribution[rows],
+            values=explanations.values[rows] if explanations else None,
+            contributions=explanations.contributions[rows] if explanations else None,
+        )
+
+
+def describe(
+    explained: Explained, steps: np.ndarray, top_features: int = DEFAULT_TOP_FEATURES
+) -> list[dict[str, Any]]:
+    """Per row: probability, risk level, anomaly score, explanation and recommendations."""
+    levels = risk_levels(explained.probability)
+    explanation: list[Any] = [None] * len(explained.probability)
+    feature_maps: list[dict[str, float]] = [{}] * len(explained.probability)
+    if explained.contributions is not None and explained.values is not None:
+        explanation, feature_maps = _explanations(explained, top_features)
+    return [
+        {
+            "failure_probability": float(explained.probability[row]),
+            "risk_level": RISK_NAMES[levels[row]],
+            "anomaly_score": float(explained.anomaly[row]),
+            "explanation": explanation[row],
+            "recommendations": recommend(
+                float(explained.probability[row]),
+                float(explained.anomaly[row]),
+                dict(zip(explained.signals, explained.shares[row].tolist(), strict=True)),
+                feature_maps[row],
+                float(steps[row]),
+            ),
+        }
+        for row in range(len(explained.probability))
+    ]
+
+
+def _explanations(explained: Explained, top_features: int) -> tuple[list[dict], list[dict[str, float]]]:
+    contributions, values = explained.contributions, explained.values
+    weights = signal_weights(explained.features, explained.signals)
+    by_signal = contributions[:, :-1] @ weights
+    unattributed = contributions[:, :-1] @ (weights.sum(axis=1) == 0)
+    margin = contributions.sum(axis=1)
+    signal_order = np.argsort(-by_signal, axis=1, kind="stable")
+    feature_order = np.argsort(-np.abs(contributions[:, :-1]), axis=1, kind="stable")[:, :top_features]
+    names, signals = explained.features, explained.signals
+    explanations, feature_maps = [], []
+    for row in range(len(contributions)):
+        row_values = values[row].tolist()
+        explanations.append(
+            {
+                "base_value": float(contributions[row, -1]),
+                "margin": float(margin[row]),
+                "signals": [
+                    {
+                        "signal": signals[s],
+                        "contribution": float(by_signal[row, s]),
+                        "share": float(explained.shares[row, s]),
+                    }
+                    for s in signal_order[row]
+                ],
+                "unattributed": float(unattributed[row]),
+                "top_features": [
+                    {
+                        "feature": names[f],
+                        "value": _finite(row_values[f]),
+                        "contribution": float(contributions[row, f]),
+                    }
+                    for f in feature_order[row]
+                ],
+            }
+        )
+        feature_maps.append(dict(zip(names, row_values, strict=True)))
+    return explanations, feature_maps
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class Scorer:
+    """Scores windows for concurrent requests, coalescing them into one model call.
+
+    While one call runs, requests that arrive queue up and the next call takes
+    them all (up to ``max_rows``), so a lone request waits for nothing and a
+    burst of single predictions costs a few batched calls instead of one each.
+    Scoring runs in a worker thread, one call at a time, so the API cannot
+    starve the scoring cycle of CPU with many parallel model calls.
+    """
+
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self._queue: deque[_Job] = deque()
+        self._worker: asyncio.Task | None = None
+
+    async def score(
+        self, bundle: ModelBundle, values: np.ndarray, ends: np.ndarray
+    ) -> tuple[Features, Scores]:
+        loop = asyncio.get_running_loop()
+        job = _Job(bundle, values, ends, loop.create_future())
+        self._queue.append(job)
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            self._worker = asyncio.create_task(self._drain())
+        return await job.result
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = [self._queue.popleft()]
+            rows = len(batch[0].values)
+            while self._queue and self._queue[0].bundle is batch[0].bundle and rows < self.max_rows:
+                rows += len(self._queue[0].values)
+                batch.append(self._queue.popleft())
+            try:
+                results = await anyio.to_thread.run_sync(_score_jobs, batch)
+            except Exception as exc:
+                for job in batch:
+                    if not job.result.done():
+                        job.result.set_exception(exc)
+                continue
+            for job, result in zip(batch, results, strict=True):
+                if not job.result.done():
+                    job.result.set_result(result)
+
+
+@dataclass(frozen=True)
+class _Job:
+    bundle: ModelBundle
+    values: np.ndarray
+    ends: np.ndarray
+    result: asyncio.Future
+
+
+def _score_jobs(jobs: list[_Job]) -> list[tuple[Features, Scores]]:
+    bundle = jobs[0].bundle
+    values = np.concatenate([job.values for job in jobs])
+    ends = np.concatenate([job.ends for job in jobs])
+    features = window_features(values, ends, bundle.manifest.signals)
+    scores = bundle.score(features)
+    results, start = [], 0
+    for job in jobs:
+        part = slice(start, start + len(job.values))
+        start = part.stop
+        rows = {column.name: getattr(scores, column.name)[part] for column in fields(Scores)}
+        results.append((Features(features.values[part], features.names), Scores(**rows)))
+    return results

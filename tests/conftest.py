@@ -7,10 +7,14 @@ own from ``servers``/``workload`` instead, so test order never matters.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from servers import PrometheusServer
 from workload import Workload
+
+if TYPE_CHECKING:
+    from mixin import MonitoringStack
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +33,14 @@ def prometheus(workload: Workload, tmp_path_factory: pytest.TempPathFactory) -> 
         selector = f'container_cpu_usage_seconds_total{{namespace="{workload.namespace}"}}'
         server.wait_for(f"count(rate({selector}[10s])) == {len(workload.pods)}", timeout=30)
         yield server
+
+
+@pytest.fixture(scope="module")
+def mixin_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitoringStack]:
+    """The monitoring mixin running for real (see tests/mixin.py): Prometheus with the shipped
+    rules, Alertmanager with the example routing, a webhook, and two real daemons. Per module,
+    so that its daemons do not keep cycling while the rest of the suite runs."""
+    from mixin import monitoring_stack  # imported here: only the mixin tests pay for it
+
+    with monitoring_stack(tmp_path_factory.mktemp("mixin")) as running:
+        yield running

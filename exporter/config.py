@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -76,6 +77,18 @@ def format_duration(seconds: float) -> str:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _readable_file(path: Path) -> Path:
+    """Files are checked at start, so a typo fails ``check-config``, not the first cycle."""
+    if not path.is_file():
+        raise ValueError(f"file {str(path)!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"file {str(path)!r} is not readable")
+    return path
+
+
+ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
+
+
 DEFAULT_SIGNALS: dict[str, str] = {
     # Placeholders: {by} is the comma-separated target labels, {rate_window} the
     # configured rate window. CPU falls back to cores used when a pod has no limit.
@@ -116,22 +129,13 @@ class _Strict(BaseModel):
 class BasicAuth(_Strict):
     username: str
     password: str | None = None
-    password_file: Path | None = None
+    password_file: ReadableFile | None = None
 
     @model_validator(mode="after")
     def _one_password(self) -> BasicAuth:
         if (self.password is None) == (self.password_file is None):
             raise ValueError("set exactly one of password or password_file")
-        if self.password_file is not None:
-            _require_readable(self.password_file)
         return self
-
-
-def _require_readable(path: Path) -> None:
-    if not path.is_file():
-        raise ValueError(f"file {str(path)!r} does not exist")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"file {str(path)!r} is not readable")
 
 
 class PrometheusSettings(_Strict):
@@ -142,9 +146,9 @@ class PrometheusSettings(_Strict):
     retries: int = Field(default=2, ge=0, le=10)
     backoff: Duration = 0.5
     bearer_token: str | None = None
-    bearer_token_file: Path | None = None
+    bearer_token_file: ReadableFile | None = None
     basic_auth: BasicAuth | None = None
-    ca_file: Path | None = None
+    ca_file: ReadableFile | None = None
     insecure_skip_verify: bool = False
     headers: dict[str, str] = Field(default_factory=dict)
 
@@ -155,13 +159,6 @@ class PrometheusSettings(_Strict):
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"expected an http(s) URL like http://prometheus:9090, got {url!r}")
         return url.rstrip("/")
-
-    @field_validator("bearer_token_file", "ca_file")
-    @classmethod
-    def _readable(cls, path: Path | None) -> Path | None:
-        if path is not None:
-            _require_readable(path)
-        return path
 
     @model_validator(mode="after")
     def _one_auth(self) -> PrometheusSettings:
@@ -193,14 +190,7 @@ class FailureSettings(_Strict):
     """What counts as a failure when training: a PromQL expression and/or an incidents file."""
 
     query: str | None = DEFAULT_FAILURE_QUERY
-    incidents_file: Path | None = None
-
-    @field_validator("incidents_file")
-    @classmethod
-    def _readable(cls, path: Path | None) -> Path | None:
-        if path is not None:
-            _require_readable(path)
-        return path
+    incidents_file: ReadableFile | None = None
 
     @model_validator(mode="after")
     def _some_definition(self) -> FailureSettings:
@@ -223,10 +213,10 @@ class ApiSettings(_Strict):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     history_points: int = Field(default=60, ge=1, le=10_000)
     token: str | None = None
-    token_file: Path | None = None
+    token_file: ReadableFile | None = None
     protect_metrics: bool = False
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
+    tls_cert_file: ReadableFile | None = None
+    tls_key_file: ReadableFile | None = None
 
     @field_validator("token")
     @classmethod
@@ -234,13 +224,6 @@ class ApiSettings(_Strict):
         if token is not None and (not token.strip() or token != token.strip()):
             raise ValueError("the token must be non-empty and have no surrounding whitespace")
         return token
-
-    @field_validator("token_file", "tls_cert_file", "tls_key_file")
-    @classmethod
-    def _readable(cls, path: Path | None) -> Path | None:
-        if path is not None:
-            _require_readable(path)
-        return path
 
     @model_validator(mode="after")
     def _consistent(self) -> ApiSettings:

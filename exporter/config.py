@@ -245,6 +245,24 @@ class ApiSettings(_Strict):
         return self
 
 
+class ShardSettings(_Strict):
+    """Score only this replica's share of the targets, so several replicas split a large cluster.
+
+    Every replica runs the same queries and keeps the targets whose stable hash modulo ``count``
+    is ``index``; together they score every target exactly once. The Helm chart's StatefulSet
+    sets ``FAILURE_PREDICTOR_SHARD__INDEX`` from each pod's ordinal.
+    """
+
+    index: int = Field(default=0, ge=0)
+    count: int = Field(default=1, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> ShardSettings:
+        if self.index >= self.count:
+            raise ValueError(f"index ({self.index}) must be below count ({self.count})")
+        return self
+
+
 class Settings(_Strict):
     """The daemon's whole configuration; see README.md for every key."""
 
@@ -263,6 +281,7 @@ class Settings(_Strict):
     listen: ListenSettings = Field(default_factory=ListenSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     max_targets: int = Field(default=10_000, ge=1)
+    shard: ShardSettings = Field(default_factory=ShardSettings)
     stale_after: Duration = 300.0
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 

@@ -13,6 +13,7 @@ we report per signal.
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import math
 import time
@@ -215,6 +216,19 @@ def current_targets(
     return values[alive], [key for key, keep in zip(keys, alive, strict=True) if keep]
 
 
+def shard_of(key: Sequence[str], count: int) -> int:
+    """The shard a target belongs to: stable across processes and restarts, unlike hash()."""
+    digest = hashlib.sha1("\x00".join(key).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def in_shard(series: list[Series], index: int, count: int) -> list[Series]:
+    """The series of targets in shard ``index`` of ``count``."""
+    if count == 1:
+        return series
+    return [s for s in series if shard_of(s.key, count) == index]
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Decoding allocates millions of small objects; GC passes over them halve throughput."""
@@ -258,7 +272,10 @@ class PrometheusSource:
                 for signal, query in self._queries.items()
             }
             outcomes = {signal: future.result() for signal, future in futures.items()}
-        per_signal = {s: o for s, o in outcomes.items() if isinstance(o, list)}
+        shard = self._settings.shard
+        per_signal = {
+            s: in_shard(o, shard.index, shard.count) for s, o in outcomes.items() if isinstance(o, list)
+        }
         errors = [o for o in outcomes.values() if isinstance(o, QueryError)]
         values, keys, duplicated = align(per_signal, self.signals, timestamps, self._settings.max_targets)
         values, keys = current_targets(values, keys)

@@ -6,7 +6,7 @@ of Prometheus history, so both produce identical features for identical data.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +30,6 @@ class Dataset:
     names: tuple[str, ...]
     failure_target: np.ndarray  # every failure start in the history
     failure_time: np.ndarray
-    target_labels: tuple[Mapping[str, str], ...] = ()  # target index -> its labels
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,6 @@ def build_dataset(
         names=feature_names(frame.signals),
         failure_target=starts_target,
         failure_time=frame.timestamps[starts_index],
-        target_labels=frame.targets,
     )
 
 

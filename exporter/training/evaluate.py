@@ -195,7 +195,11 @@ def evaluation_report(
     )
     failures = (dataset.failure_target[in_period], dataset.failure_time[in_period])
     report: dict[str, Any] = {
-        "period": {"start": _iso(first), "end": _iso(time.max() if len(time) else 0.0), "rows": len(y)},
+        "period": {
+            "start": iso_time(first),
+            "end": iso_time(time.max() if len(time) else 0.0),
+            "rows": len(y),
+        },
         "threshold": ALERT_THRESHOLD,
         **row_metrics(y, probability),
         **event_metrics(target, time, probability, *failures, horizon),
@@ -224,7 +228,8 @@ def evaluation_report(
     return report
 
 
-def _iso(timestamp: float) -> str:
+def iso_time(timestamp: float) -> str:
+    """Unix seconds as an ISO 8601 UTC string, for reports and manifests."""
     return datetime.fromtimestamp(float(timestamp), UTC).isoformat()
 
 

@@ -252,5 +252,4 @@ class HistoryReader:
             names=names,
             failure_target=np.array(starts_target, dtype=np.int64),
             failure_time=np.array(starts_time, dtype=float),
-            target_labels=tuple(dict(zip(self.settings.target_labels, key, strict=True)) for key in keys),
         )

@@ -19,7 +19,7 @@ from exporter.models.bundle import Manifest, ModelBundle, library_versions
 from exporter.models.classifier import FailureClassifier
 from exporter.models.drift import reference_distribution
 from exporter.training.dataset import Dataset, TrainingOptions
-from exporter.training.evaluate import evaluation_report
+from exporter.training.evaluate import evaluation_report, iso_time
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def train_bundle(
         reference=reference_distribution(dataset.X[train]),
         training=training_info
         | {
-            "start": _iso(dataset.time.min()),
-            "end": _iso(dataset.time.max()),
+            "start": iso_time(dataset.time.min()),
+            "end": iso_time(dataset.time.max()),
             "rows": {
                 "train": int(train.sum()),
                 "calibration": int(calibration.sum()),
@@ -89,7 +89,3 @@ def train_bundle(
         libraries=library_versions(),
     )
     return ModelBundle(manifest=manifest, classifier=classifier, detector=detector)
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(float(timestamp), UTC).isoformat()

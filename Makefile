@@ -1,4 +1,4 @@
-.PHONY: demo test bootstrap-model benchmark lint
+.PHONY: demo test bootstrap-model benchmark lint chart-sync
 
 # Install and run the daemon on a simulated cluster: http://127.0.0.1:9847/
 demo:
@@ -17,3 +17,8 @@ benchmark:
 
 lint:
 	ruff check . && ruff format --check .
+
+# Refresh the chart's copies of rules/ and grafana/ (Helm cannot read outside the chart; a test enforces they match).
+chart-sync:
+	cp rules/failure-predictor.rules.yml helm/failure-predictor/files/
+	cp grafana/dashboards/*.json helm/failure-predictor/files/dashboards/

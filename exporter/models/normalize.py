@@ -140,6 +140,19 @@ class AnomalyNormaliser:
         self._recent = recent
         return np.arange(len(keys))
 
+    def score_frame(
+        self, values: np.ndarray, targets: Sequence[Mapping[str, str]], forest_raw: np.ndarray
+    ) -> np.ndarray:
+        """One daemon cycle: ``values[targets, time, signals]`` is the newest window of every
+        target watched now (targets not in it are dropped), ``forest_raw`` the bundle forest's raw
+        score of each. The newest step is taken as one new sample per target."""
+        return self.score(self.retain(targets), values, forest_raw)
+
+    def forget_model(self) -> None:
+        """A new bundle forest scores on a scale of its own: restart its raw statistics."""
+        for name in ("count", "mean", "var"):
+            getattr(self._raw, name)[:, -1] = 0.0
+
     def score(self, rows: np.ndarray, windows: np.ndarray, forest_raw: np.ndarray) -> np.ndarray:
         """``anomaly_score`` in [0, 1) of each input row.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from exporter.features import window_features
 from exporter.models.bundle import ModelBundle, Scores
+from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser
 from exporter.sources.files import TARGET, TIMESTAMP, FilesSource, Recording
 
 CHUNK_ROWS = 10_000
@@ -72,9 +73,12 @@ def nab_files(root: Path) -> list[Path]:
 def score_rows(
     recording: Recording, bundle: ModelBundle, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[tuple[slice, Scores]]:
-    """Scores of every input row, ``chunk_rows`` at a time, in input order."""
+    """Scores of every input row, ``chunk_rows`` at a time, in input order. ``anomaly`` is the
+    daemon's ``anomaly_score``: normalised against each target's own earlier rows."""
     frame = recording.frame
     width = bundle.manifest.window_steps
+    normaliser = AnomalyNormaliser(frame.signals, min(EMBED_STEPS, width))
+    normaliser.retain(frame.targets)
     padding = np.full((len(frame.targets), width - 1, len(frame.signals)), np.nan)
     # [targets, cells, signals, width]: the window ending at each cell, young ones NaN-padded.
     views = sliding_window_view(np.concatenate([padding, frame.values], axis=1), width, axis=1)
@@ -83,7 +87,9 @@ def score_rows(
         windows = views[recording.row_target[rows], recording.row_slot[rows]].transpose(0, 2, 1).copy()
         windows[:, -1] = recording.row_values[rows]
         features = window_features(windows, recording.row_time[rows], frame.signals)
-        yield rows, bundle.score(features, explain=False)
+        scores = bundle.score(features, explain=False)
+        anomaly = normaliser.score(recording.row_target[rows], windows, scores.raw_anomaly)
+        yield rows, replace(scores, anomaly=anomaly)
 
 
 def run_backtest(

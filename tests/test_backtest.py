@@ -16,6 +16,7 @@ from exporter.backtest import NAB_COLUMNS, NAB_DIR_ENV, BacktestError, nab_dir, 
 from exporter.features import frame_features
 from exporter.frame import Frame
 from exporter.models.bundle import ModelBundle, load_bundle
+from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser
 from exporter.sources.files import FilesError, FilesSource, read_recording
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
@@ -216,17 +217,22 @@ def test_each_row_scores_as_the_daemon_would_at_that_moment_young_windows_includ
     _, scores = next(score_rows(recording, bundle()))
     width = bundle().manifest.window_steps
     frame = recording.frame
-    for row in (0, 1, 20, width - 1, width, 149):
+    # The daemon's anomaly history, fed one cycle per row as Daemon.run_cycle feeds it.
+    history = AnomalyNormaliser(frame.signals, min(EMBED_STEPS, width))
+    for row in range(len(recording)):
         # The daemon's window at that moment: the last `width` steps, NaN before the target existed.
         window = np.full((1, width, len(frame.signals)), np.nan)
         seen = frame.values[:, max(0, row - width + 1) : row + 1]
         window[:, width - seen.shape[1] :] = seen
         timestamps = frame.timestamps[row] - frame.step * np.arange(width)[::-1]
         daemon = bundle().score(frame_features(Frame(window, frame.targets, timestamps, frame.signals)))
+        anomaly = history.score_frame(window, frame.targets, daemon.raw_anomaly)
         # Backtests skip SHAP: the margin then comes from XGBoost directly rather than as the
         # sum of the contributions, which differ only in float32 rounding.
         assert math.isclose(scores.probability[row], daemon.probability[0], rel_tol=1e-5)
-        assert math.isclose(scores.anomaly[row], daemon.anomaly[0], rel_tol=1e-12)
+        assert math.isclose(scores.raw_anomaly[row], daemon.raw_anomaly[0], rel_tol=1e-12)
+        assert math.isclose(scores.anomaly[row], anomaly[0], rel_tol=1e-9, abs_tol=1e-12)
+    assert (scores.anomaly[EMBED_STEPS:] > 0).any()  # past the warm-up, something was measured
 
 
 def test_nab_format_needs_one_series_per_file(tmp_path: Path) -> None:

@@ -196,6 +196,37 @@ def test_exported_values_are_the_snapshot(tiny, settings):
         assert 0 <= snapshot.anomaly[row] <= 1
 
 
+def test_anomaly_score_measures_each_target_against_its_own_history(tiny, settings):
+    history = tiny.history.frame
+    daemon, source, _ = make_daemon(tiny, settings, fetch_of(tiny, P1, P2))
+    cycles = range(WINDOW, WINDOW + 150)
+    for end in cycles:
+        values = history.values[:2, end - WINDOW : end].copy()
+        if end == cycles[-1]:
+            values[0, -1, SIGNALS.index("latency")] *= 50  # P1's latency jumps in the last cycle
+        frame = Frame(
+            values=values,
+            targets=(P1, P2),
+            timestamps=history.timestamps[end - WINDOW : end],
+            signals=SIGNALS,
+        )
+        source.next = Fetch(frame=frame, errors=())
+        daemon.cycle()
+        anomaly = daemon.state.snapshot.anomaly
+        assert ((anomaly >= 0) & (anomaly <= 1)).all()
+    assert anomaly[0] > 0.8 > anomaly[1]
+    exported = series(daemon.registry, "anomaly_score")
+    assert exported[labelled(P1)] == pytest.approx(float(anomaly[0]))
+
+
+def test_vanished_pod_is_forgotten_by_the_anomaly_history(tiny, settings):
+    daemon, source, _ = make_daemon(tiny, settings, fetch_of(tiny, P1, P2, Q1))
+    daemon.cycle()
+    source.next = fetch_of(tiny, P2)
+    daemon.cycle()
+    assert len(daemon._normaliser) == 1
+
+
 def test_contribution_shares_of_each_target_sum_to_one_or_zero(tiny, settings):
     history = tiny.history
     # Windows ending just before a failure starts, so some targets have risk to explain.

@@ -67,9 +67,10 @@ class Scores:
 
     inputs: np.ndarray  # [rows, features] what the models saw, in the manifest's feature order
     probability: np.ndarray
-    anomaly: np.ndarray
+    anomaly: np.ndarray  # the detector's score on its own, without a target's history
     contributions: np.ndarray  # [rows, features + 1] SHAP on the margin, last column the bias
     signal_contributions: np.ndarray  # [rows, signals] SHAP grouped by signal
+    raw_anomaly: np.ndarray  # the detector's raw (unbounded) score, for normalize.AnomalyNormaliser
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class ModelBundle:
             anomaly=self.detector.score(matrix),
             contributions=contributions,
             signal_contributions=contributions[:, :-1] @ weights,
+            raw_anomaly=self.detector.raw_score(matrix) if len(matrix) else np.empty(0),
         )
 
 

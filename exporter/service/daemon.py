@@ -1,7 +1,8 @@
 """The scoring cycle and its schedule.
 
 One cycle: fetch the window (one query per signal), compute features for every
-target, score them all in one call per model, publish a new Snapshot. A cycle
+target, score them all in one call per model, measure each target's anomaly
+evidence against its own history (models/normalize.py), publish a new Snapshot. A cycle
 that fails leaves the previous Snapshot in place (the collector hides it once it
 is older than ``stale_after``) and records why, so the daemon never crashes on
 bad data and never loses its model.
@@ -14,12 +15,15 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+import numpy as np
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from exporter.config import Settings, format_duration
 from exporter.features import frame_features
+from exporter.frame import Frame
 from exporter.models.bundle import BundleError, ModelBundle
+from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser
 from exporter.service.collector import SelfMetrics, SnapshotCollector
 from exporter.service.drift import DriftTracker
 from exporter.service.reload import ModelWatcher
@@ -84,6 +88,7 @@ class Daemon:
         self.horizon = format_duration(served_horizon(bundle, settings.step))
         self.on_cycle: list[Callable[[Snapshot], None]] = []
         self._drift = DriftTracker()
+        self._normaliser: AnomalyNormaliser | None = None
         self._clock = clock
         self._scheduler = BackgroundScheduler(daemon=True)
         for problem in check_compatibility(bundle, settings):
@@ -105,6 +110,7 @@ class Daemon:
             features = frame_features(fetch.frame)
         with self.metrics.cycle_duration.labels("score").time():
             scores = bundle.score(features)
+            anomaly = self._anomaly(fetch.frame, scores.raw_anomaly)
         with self.metrics.cycle_duration.labels("publish").time():
             manifest = bundle.manifest
             snapshot = Snapshot(
@@ -115,7 +121,7 @@ class Daemon:
                 signals=manifest.signals,
                 targets=fetch.frame.targets,
                 probability=scores.probability,
-                anomaly=scores.anomaly,
+                anomaly=anomaly,
                 contribution=contribution_shares(scores.signal_contributions),
                 explanations=Explanations(manifest.features, scores.inputs, scores.contributions),
                 drift=self._drift.update(bundle, scores.inputs),
@@ -123,6 +129,19 @@ class Daemon:
             self.state.snapshot = snapshot
             self.state.last_success = snapshot.created_at
         return snapshot
+
+    def _anomaly(self, frame: Frame, forest_raw: np.ndarray) -> np.ndarray:
+        """``anomaly_score`` of every target against its own history (models/normalize.py);
+        a change of signals or window length starts the history afresh."""
+        steps = min(EMBED_STEPS, frame.values.shape[1])
+        normaliser = self._normaliser
+        if (
+            normaliser is None
+            or normaliser.signals != tuple(frame.signals)
+            or normaliser.embed_steps != steps
+        ):
+            normaliser = self._normaliser = AnomalyNormaliser(frame.signals, steps)
+        return normaliser.score_frame(frame.values, frame.targets, forest_raw)
 
     def reload_model(self) -> None:
         """Swap in a newly activated bundle; a bad one is refused and the current one stays."""
@@ -137,6 +156,8 @@ class Daemon:
         if bundle is None:
             return
         self.state.bundle = bundle
+        if self._normaliser is not None:
+            self._normaliser.forget_model()
         self.horizon = format_duration(served_horizon(bundle, self.settings.step))
         log.info("model reloaded", extra={"version": bundle.manifest.version})
         for problem in check_compatibility(bundle, self.settings):

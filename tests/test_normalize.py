@@ -1,0 +1,143 @@
+"""The per-target anomaly history (exporter/models/normalize.py): scale-free, causal, one alarm
+per burst, bounded by the targets watched now, and the same whether fed a row or a recording."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+from exporter.backtest import NAB_COLUMNS, NAB_DIR_ENV, nab_dir, score_rows
+from exporter.models.bundle import load_bundle
+from exporter.models.normalize import (
+    BURST_STEPS,
+    EMBED_STEPS,
+    WARMUP_STEPS,
+    AnomalyNormaliser,
+    RunningStats,
+)
+from exporter.sources.files import read_recording
+
+MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+NAB_FILE = Path("realKnownCause") / "machine_temperature_system_failure.csv"
+A, B = {"pod": "a"}, {"pod": "b"}
+
+
+def windows_of(x: np.ndarray) -> np.ndarray:
+    """``[rows, EMBED_STEPS, 1]``: the window ending at each sample, NaN before the first."""
+    padded = np.concatenate([np.full(EMBED_STEPS - 1, np.nan), x])
+    return sliding_window_view(padded, EMBED_STEPS)[:, :, None]
+
+
+def replay(x: np.ndarray, raw: np.ndarray | None = None) -> np.ndarray:
+    history = AnomalyNormaliser(("cpu",))
+    history.retain([A])
+    return history.score(
+        np.zeros(len(x), dtype=np.int64), windows_of(x), np.zeros(len(x)) if raw is None else raw
+    )
+
+
+def noisy(rows: int, level: float = 10.0, seed: int = 1) -> np.ndarray:
+    return level + np.random.default_rng(seed).normal(size=rows)
+
+
+def test_a_spike_after_a_quiet_stretch_raises_one_alarm_whatever_the_unit() -> None:
+    x = noisy(600)
+    x[400:405] = 30.0
+    for unit in (1.0, 1e-6, 1e4):
+        scores = replay(unit * x)
+        assert scores[400] > 0.8
+        assert scores[WARMUP_STEPS:400].max() < scores[400]
+        assert (scores[401:500] > 0).sum() == 0  # the rest of the burst is the same incident
+        assert ((scores >= 0) & (scores < 1)).all()
+
+
+def test_a_series_that_never_moves_is_never_anomalous_and_warm_up_reads_zero() -> None:
+    assert replay(np.full(600, 3.0)).max() == 0.0
+    assert replay(noisy(600))[:WARMUP_STEPS].max() == 0.0
+
+
+def test_scores_do_not_depend_on_later_rows_or_on_how_rows_are_batched() -> None:
+    x = noisy(1500)
+    x[[700, 1100]] += 8.0
+    whole = replay(x)
+    for cut in (300, 701, 1200):
+        np.testing.assert_array_equal(replay(x[:cut]), whole[:cut])
+    history = AnomalyNormaliser(("cpu",))
+    history.retain([A])
+    windows = windows_of(x)
+    parts = [
+        history.score(np.zeros(len(r), dtype=np.int64), windows[r], np.zeros(len(r)))
+        for r in np.array_split(np.arange(1500), 7)
+    ]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-12, atol=1e-15)
+
+
+def test_interleaved_targets_score_as_each_would_alone() -> None:
+    x, y = noisy(400, seed=2), noisy(400, level=500.0, seed=3)
+    y[300] += 10.0
+    history = AnomalyNormaliser(("cpu",))
+    history.retain([A, B])
+    rows = np.tile([0, 1], 400)
+    windows = np.empty((800, EMBED_STEPS, 1))
+    windows[0::2], windows[1::2] = windows_of(x), windows_of(y)
+    both = history.score(rows, windows, np.zeros(800))
+    np.testing.assert_allclose(both[0::2], replay(x), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(both[1::2], replay(y), rtol=1e-12, atol=1e-15)
+
+
+def test_a_vanished_target_is_dropped_and_one_that_returns_starts_afresh() -> None:
+    x = noisy(300)
+    history = AnomalyNormaliser(("cpu",))
+    windows = windows_of(x)
+    for step in range(200):
+        history.score_frame(np.repeat(windows[step : step + 1], 2, axis=0), [A, B], np.zeros(2))
+    assert len(history) == 2
+    alone = [history.score_frame(windows[step : step + 1], [B], np.zeros(1))[0] for step in range(200, 300)]
+    assert len(history) == 1  # A vanished: its state is gone
+    np.testing.assert_allclose(alone, replay(x)[200:], rtol=1e-12, atol=1e-15)
+    back = history.score_frame(np.repeat(windows[:1], 2, axis=0), [A, B], np.zeros(2))
+    assert back[0] == 0.0 and len(history) == 2  # A is new again: warming up
+
+
+def test_running_statistics_are_exact_at_first_then_forget_with_a_bounded_memory() -> None:
+    stats = RunningStats(1, memory=100)
+    stats.take(np.array([-1]))
+    rows = np.array([0])
+    x = np.random.default_rng(4).normal(size=100)
+    for value in x:
+        stats.update(rows, np.array([[value]]))
+    assert stats.mean[0, 0] == pytest.approx(x.mean())
+    assert stats.var[0, 0] == pytest.approx(x.var())
+    stats.update(rows, np.array([[np.nan]]))  # a gap changes nothing
+    assert stats.count[0, 0] == 100 and stats.mean[0, 0] == pytest.approx(x.mean())
+    for _ in range(2000):
+        stats.update(rows, np.array([[50.0]]))
+    assert stats.count[0, 0] == 100  # state per target stays the same size forever
+    assert stats.mean[0, 0] == pytest.approx(50.0, abs=1e-6)
+
+
+def test_the_burst_memory_is_bounded_per_target() -> None:
+    history = AnomalyNormaliser(("cpu", "memory"))
+    history.retain([A, B])
+    history.score(
+        np.zeros(1000, dtype=np.int64), np.random.default_rng(5).normal(size=(1000, 60, 2)), np.zeros(1000)
+    )
+    assert history._recent.shape == (2, BURST_STEPS)
+
+
+def test_backtest_scores_of_a_nab_file_do_not_depend_on_later_rows(tmp_path: Path) -> None:
+    data = nab_dir() / "data" / NAB_FILE
+    if not data.is_file():
+        pytest.skip(f"NAB corpus not found at {data.parent} (set {NAB_DIR_ENV} to the NAB directory)")
+    bundle = load_bundle(MODEL)
+    cut = tmp_path / "realKnownCause" / NAB_FILE.name
+    cut.parent.mkdir()
+    pd.read_csv(data).iloc[:4000].to_csv(cut, index=False)
+    full = np.concatenate([s.anomaly for _, s in score_rows(read_recording(data, NAB_COLUMNS), bundle, 3000)])
+    part = np.concatenate([s.anomaly for _, s in score_rows(read_recording(cut, NAB_COLUMNS), bundle, 1700)])
+    np.testing.assert_allclose(part, full[:4000], rtol=1e-9, atol=1e-12)
+    assert (full[:4000] > 0.5).any()

@@ -127,7 +127,9 @@ class SnapshotCollector(Collector):
             "failure_risk_level", "Risk level: 0 minimal, 1 low, 2 medium, 3 high, 4 critical.", labels=labels
         )
         anomaly = GaugeMetricFamily(
-            "anomaly_score", "Isolation Forest anomaly score normalised to [0, 1].", labels=labels
+            "anomaly_score",
+            "Onset of anomalous behaviour in [0, 1), against the target's own history; 0 while nothing new happens.",
+            labels=labels,
         )
         contribution = GaugeMetricFamily(
             "failure_probability_contribution",

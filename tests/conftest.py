@@ -10,8 +10,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from helpers import Tiny, train_tiny_bundle
 from servers import PrometheusServer
 from workload import Workload
+
+from exporter.frame import Frame
 
 if TYPE_CHECKING:
     from mixin import MonitoringStack
@@ -44,3 +47,17 @@ def mixin_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitoring
 
     with monitoring_stack(tmp_path_factory.mktemp("mixin")) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Tiny:
+    """A small bundle trained on two simulated days (tests/helpers.py), shared by model and service tests."""
+    return train_tiny_bundle()
+
+
+@pytest.fixture(scope="session")
+def frame(tiny: Tiny) -> Frame:
+    """A window of risky and healthy simulated targets for the API tests (tests/apiserver.py)."""
+    from apiserver import history_frame
+
+    return history_frame(tiny)

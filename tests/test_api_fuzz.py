@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from apiserver import SIGNALS, FixedSource, app_server, history_frame, observation, serving
-from helpers import Tiny, train_tiny_bundle
+from apiserver import SIGNALS, FixedSource, app_server, observation, serving
+from helpers import Tiny
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -69,16 +69,6 @@ valid_selectors = st.builds(
 items = valid_observations | valid_selectors | observations | selectors | json_values
 bodies = items | st.lists(items, max_size=25)
 top_features = st.none() | st.integers(-5, 2000) | st.text(max_size=4)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Tiny:
-    return train_tiny_bundle()
-
-
-@pytest.fixture(scope="module")
-def frame(tiny: Tiny) -> Frame:
-    return history_frame(tiny)
 
 
 @pytest.fixture(scope="module")

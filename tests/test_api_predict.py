@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import requests
-from apiserver import WINDOW, FixedSource, app_server, history_frame, observation, serving, settings_with
-from helpers import Tiny, train_tiny_bundle
+from apiserver import WINDOW, FixedSource, app_server, observation, serving, settings_with
+from helpers import Tiny
 
 from exporter.features import frame_features, window_features
 from exporter.frame import Frame
@@ -21,16 +21,6 @@ from exporter.snapshot import RISK_NAMES
 
 MAX_BATCH = 40
 MAX_BODY = 200_000
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Tiny:
-    return train_tiny_bundle()
-
-
-@pytest.fixture(scope="module")
-def frame(tiny: Tiny) -> Frame:
-    return history_frame(tiny)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 import requests
 from apiserver import FixedSource, app_server, history_frame, labels_of, serving, settings_with
-from helpers import Tiny, train_tiny_bundle
+from helpers import Tiny
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.frame import Frame
@@ -23,11 +23,6 @@ from exporter.snapshot import RISK_NAMES
 
 HISTORY = 3
 ODD = {"namespace": "batch", "pod": "we/ird pod%"}  # needs escaping in a URL path
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Tiny:
-    return train_tiny_bundle()
 
 
 @pytest.fixture(scope="module")

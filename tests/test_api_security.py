@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from apiserver import FixedSource, app_server, history_frame, observation, serving, settings_with
+from apiserver import FixedSource, app_server, observation, serving, settings_with
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from helpers import Tiny, train_tiny_bundle
+from helpers import Tiny
 from servers import free_port
 
 from exporter.config import ConfigError, load_settings
@@ -29,16 +29,6 @@ from exporter.service.daemon import Daemon
 TOKEN = "s3cret-token"
 API_ROUTES = ("/api/v1/targets", "/api/v1/targets/shop/risky-0", "/api/v1/model")
 OPERATIONS = ("/metrics", "/healthz", "/readyz")
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Tiny:
-    return train_tiny_bundle()
-
-
-@pytest.fixture(scope="module")
-def frame(tiny: Tiny) -> Frame:
-    return history_frame(tiny)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import Tiny, train_tiny_bundle
+from helpers import Tiny
 
 from exporter import cli
 from exporter.features import Features, window_features
@@ -26,11 +26,6 @@ from exporter.models.bundle import (
     save_bundle,
     sha256,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Tiny:
-    return train_tiny_bundle()
 
 
 @pytest.fixture(scope="module")

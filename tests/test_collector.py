@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
-from helpers import Tiny, train_tiny_bundle
+from helpers import Tiny
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -51,11 +51,6 @@ class FakeSource:
         if isinstance(self.next, Exception):
             raise self.next
         return self.next
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Tiny:
-    return train_tiny_bundle()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import Tiny, train_tiny_bundle
+from helpers import Tiny
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,11 +13,6 @@ from exporter.models.drift import population_stability, reference_distribution
 from exporter.service.daemon import Daemon
 from exporter.service.drift import DriftTracker
 from exporter.sources.simulate import SimulatedCluster, SimulateSource
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Tiny:
-    return train_tiny_bundle()
 
 
 def test_psi_is_zero_for_the_reference_itself_and_grows_with_a_shift() -> None:

@@ -29,7 +29,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
@@ -38,9 +37,11 @@ import yaml
 from servers import (
     READY_TIMEOUT,
     STOP_TIMEOUT,
+    TEST_SPEED,
     AlertmanagerServer,
     DaemonServer,
     PrometheusServer,
+    Served,
     _binary,
     free_port,
 )
@@ -77,7 +78,7 @@ WATCH = 120  # cycles after the start for which the healthy target must stay hea
 REHEARSAL = 160  # cycles the twin runs ahead; bounds when the doomed target's run may start
 
 
-class WebhookReceiver:
+class WebhookReceiver(Served):
     """An Alertmanager webhook receiver on 127.0.0.1 that records every notification.
 
     Each notification is kept with the path it was POSTed to, so one receiver stands in
@@ -139,14 +140,6 @@ class WebhookReceiver:
             self._thread = None
         self._server.server_close()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 def simulated_daemon(bundle: ModelBundle, cluster: SimulatedCluster, port: int) -> Daemon:
     """The daemon as ``failure-predictor demo`` builds it, one simulated step per 1 s cycle."""
@@ -155,7 +148,7 @@ def simulated_daemon(bundle: ModelBundle, cluster: SimulatedCluster, port: int) 
     return Daemon(demo_settings(bundle, args), source, bundle)
 
 
-class SimulatedDaemon:
+class SimulatedDaemon(Served):
     """The real Daemon on a seeded SimulatedCluster, served by uvicorn from a thread.
 
     In-process, unlike ``failure-predictor demo``, so that tests can read the
@@ -193,14 +186,6 @@ class SimulatedDaemon:
             self._server.should_exit = True
             self._thread.join(STOP_TIMEOUT)
             self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)
@@ -376,12 +361,7 @@ def workload_daemon_config(prometheus: PrometheusServer) -> dict[str, Any]:
     """``failure-predictor run`` on the fake workload at test speed, with a broken latency query."""
     return {
         "prometheus": {"url": prometheus.url, "timeout": "2s", "retries": 0},
-        "interval": "1s",
-        "step": "1s",
-        "lookback": "60s",
-        "rate_window": "10s",
-        "horizon": "30s",
-        "stale_after": "5s",
+        **TEST_SPEED,
         "model": {"path": str(MODEL)},
         # Unbalanced parenthesis: Prometheus answers 400 and the daemon counts reason="promql".
         "signals": {"latency": "histogram_quantile(0.99, sum by ({by}, le) (rate(x[{rate_window}]))"},

@@ -102,7 +102,36 @@ def _write_json(path: Path, content: Any) -> None:
     os.replace(staging, path)
 
 
-class _ServerProcess:
+class Served:
+    """Anything with ``start() -> self`` and ``stop()`` works as ``with Thing(...) as running:``."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# The daemon at test speed: 1 s steps over a 60-step window, so incidents unfold in seconds.
+TEST_SPEED: dict[str, str] = {
+    "interval": "1s",
+    "step": "1s",
+    "lookback": "60s",
+    "rate_window": "10s",
+    "horizon": "30s",
+    "stale_after": "5s",
+}
+
+
+class _ServerProcess(Served):
     """Start, stop and readiness for one server process writing to ``<workdir>/<name>.log``.
 
     Subclasses provide ``name`` and ``_argv()``; the server must answer ``GET /-/ready``.
@@ -178,14 +207,6 @@ class _ServerProcess:
             return f"({self.log_path} does not exist)"
         text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return f"--- last {len(text)} lines of {self.log_path} ---\n" + "\n".join(text)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 class PrometheusQueryError(RuntimeError):

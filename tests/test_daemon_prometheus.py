@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from servers import DaemonServer, PrometheusServer
+from servers import TEST_SPEED, DaemonServer, PrometheusServer
 from workload import Workload
 
 T = TypeVar("T")
@@ -23,12 +23,7 @@ JOB = "failure-predictor"
 def daemon_config(prometheus: PrometheusServer) -> dict:
     return {
         "prometheus": {"url": prometheus.url, "timeout": "2s", "retries": 1, "backoff": "200ms"},
-        "interval": "1s",
-        "step": "1s",
-        "lookback": "60s",
-        "rate_window": "10s",
-        "horizon": "30s",
-        "stale_after": "5s",
+        **TEST_SPEED,
     }
 
 

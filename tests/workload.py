@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_wsgi_server
@@ -31,6 +30,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from servers import Served
 
 CONTAINER = "app"
 CPU_LIMIT_CORES = 1.0
@@ -179,7 +179,7 @@ def _make_pods(count: int, rng: random.Random) -> tuple[tuple[_Pod, ...], str, s
     return tuple(pods), pods[leaky].name, pods[erroring].name
 
 
-class Workload:
+class Workload(Served):
     """Serves the fake pods' series on ``http://127.0.0.1:PORT/metrics`` from a daemon thread.
 
     Pods are named ``app-NN``; which of them is leaky or erroring depends on the seed,
@@ -273,11 +273,3 @@ class Workload:
         if self._server is None:
             raise RuntimeError("Workload is not started")
         return self._server
-
-    def __enter__(self) -> Workload:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from exporter import logs
+from exporter import __version__, logs
 from exporter.config import BOOTSTRAP_MODEL, ConfigError, Settings, effective_config, load_settings
 from exporter.models.bundle import BundleError, load_bundle, save_bundle
 from exporter.models.registry import activate, list_versions, resolve
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="failure-predictor",
         description="Predict workload failures from Prometheus series and re-export them as metrics.",
     )
+    parser.add_argument("--version", action="version", version=f"failure-predictor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon against Prometheus")

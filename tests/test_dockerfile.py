@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exporter import __version__
 from exporter.config import ListenSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,4 +139,4 @@ def test_oci_labels_name_the_image_and_its_version():
     for key in ("title", "description", "version", "licenses", "source"):
         assert f"org.opencontainers.image.{key}=" in labels
     version = next(i.arguments for i in FINAL if i.keyword == "ARG" and i.arguments.startswith("VERSION="))
-    assert version == f"VERSION={PYPROJECT['project']['version']}"
+    assert version == f"VERSION={__version__}"

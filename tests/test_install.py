@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from servers import free_port
 
+from exporter import __version__
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -127,7 +129,7 @@ def test_built_wheel_holds_the_bootstrap_model_and_its_demo_runs_from_the_root_d
         check=True,
         timeout=300,
     )
-    (wheel,) = tmp_path.glob("failure_predictor-*.whl")
+    (wheel,) = tmp_path.glob(f"failure_predictor-{__version__}-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert {
@@ -163,3 +165,12 @@ def test_built_wheel_holds_the_bootstrap_model_and_its_demo_runs_from_the_root_d
         shutil.move(tmp_path / "moved-away", clone.root / "exporter")
     assert demo.returncode == 0, demo.stderr + demo.stdout
     assert "riskiest of 40 simulated targets" in demo.stdout
+    version = subprocess.run(
+        [clone.root / ".venv" / "bin" / "failure-predictor", "--version"],
+        cwd="/",
+        env=clone.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert version.stdout.strip() == f"failure-predictor {__version__}"

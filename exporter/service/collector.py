@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -48,6 +48,11 @@ class SelfMetrics:
             "failure_predictor_cycles_total",
             "Scoring cycles run, by outcome (success or failure).",
             ["outcome"],
+            registry=registry,
+        )
+        self.targets_dropped = Gauge(
+            "failure_predictor_targets_dropped",
+            "Live targets not scored in the last cycle because there are more than max_targets.",
             registry=registry,
         )
         for stage in STAGES:

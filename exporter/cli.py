@@ -16,6 +16,7 @@ from exporter.config import BOOTSTRAP_MODEL, ConfigError, Settings, effective_co
 from exporter.models.bundle import BundleError, load_bundle, save_bundle
 from exporter.models.registry import activate, list_versions, resolve
 from exporter.progress import reporter
+from exporter.redact import mask_url
 from exporter.service.api import make_server
 from exporter.service.daemon import Daemon
 from exporter.service.reload import ModelWatcher
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask_url(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except BundleError as exc:
         print(f"error: cannot load model bundle: {exc}", file=sys.stderr)
@@ -170,11 +171,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.prometheus.secrets)
     model_path = settings.model.path
     serving = resolve(model_path)
     bundle = load_bundle(serving)
-    log.info("starting", extra={"prometheus": settings.prometheus.url, "model": bundle.manifest.version})
+    log.info(
+        "starting", extra={"prometheus": mask_url(settings.prometheus.url), "model": bundle.manifest.version}
+    )
     daemon = Daemon(settings, PrometheusSource(settings), bundle, watcher=ModelWatcher(model_path, serving))
     schedule_refits(daemon, settings, model_path)
     make_server(daemon, settings.listen.address, settings.listen.port).run()

@@ -270,7 +270,9 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
     @app.get("/readyz", dependencies=operations)
     def readyz() -> JSONResponse:
         ready, reason = daemon.readiness()
-        return JSONResponse({"ready": ready, "reason": reason}, status_code=200 if ready else 503)
+        snapshot = daemon.state.snapshot
+        body = {"ready": ready, "reason": reason, "targets": 0 if snapshot is None else len(snapshot.targets)}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/api/v1/targets", dependencies=protected)
     def targets(

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -77,6 +77,11 @@ class SelfMetrics:
             "failure_predictor_cycles_total",
             "Scoring cycles run, by outcome (success or failure).",
             ["outcome"],
+            registry=registry,
+        )
+        self.targets_dropped = Gauge(
+            "failure_predictor_targets_dropped",
+            "Live targets not scored in the last cycle because there are more than max_targets.",
             registry=registry,
         )
         Info(

@@ -93,6 +93,11 @@ class ModelBundle:
         """Exact SHAP tables of the classifier's trees, built once per bundle (~0.2 s)."""
         return TreeShap.from_booster(self.classifier.booster_)
 
+    @cached_property
+    def signal_weights(self) -> np.ndarray:
+        """``[features, signals]``: how SHAP values regroup by signal (features.signal_weights)."""
+        return signal_weights(self.manifest.features, self.manifest.signals)
+
     def score(self, features: Features, explain: bool = True) -> Scores:
         """Score every row in one call of each model.
 
@@ -108,7 +113,7 @@ class ModelBundle:
         else:
             margin = self.classifier.margin(matrix)
             contributions = np.full((len(matrix), len(self.manifest.features) + 1), np.nan)
-        weights = signal_weights(self.manifest.features, self.manifest.signals)
+        weights = self.signal_weights
         raw_anomaly = self.detector.raw_score(matrix) if len(matrix) else np.empty(0)
         return Scores(
             inputs=matrix,

@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +29,7 @@ import xgboost as xgb
 from exporter.features import Features, feature_names, select, signal_weights
 from exporter.models.anomaly import AnomalyDetector
 from exporter.models.classifier import FailureClassifier
+from exporter.models.staging import done_with, make_staging
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -126,7 +126,7 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     """Write into a sibling temp dir, then rename: readers see the old or the new bundle."""
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = make_staging(target)
     try:
         bundle.classifier.booster_.save_model(staging / CLASSIFIER_FILE)
         joblib.dump(bundle.detector, staging / DETECTOR_FILE)
@@ -141,6 +141,8 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        done_with(staging)
     return target
 
 

@@ -13,6 +13,7 @@ import atexit
 import ctypes
 import http.server
 import json
+import math
 import os
 import re
 import shutil
@@ -187,6 +188,21 @@ class _ServerProcess(Served):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def seconds_to_exit(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> float:
+        """Send ``signum`` and time the exit; after ``timeout`` kill it and return infinity."""
+        if self._process is None:
+            raise RuntimeError(f"{self.name} is not running")
+        started = time.monotonic()
+        self._process.send_signal(signum)
+        try:
+            self._process.wait(timeout)
+            elapsed = time.monotonic() - started
+        except subprocess.TimeoutExpired:
+            elapsed = math.inf
+            self._process.kill()
+        self.stop()
+        return elapsed
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Poll the ready path; fail early if the process exits, and show its log either way."""

@@ -1,12 +1,14 @@
 .PHONY: demo test bootstrap-model benchmark lint chart-sync
 
-# Install and run the daemon on a simulated cluster: http://127.0.0.1:9847/
+# Install into .venv and run the daemon on a simulated cluster: http://127.0.0.1:9847/
+# Options go through ARGS: make demo ARGS="--cycles 5 --port 9900"
 demo:
-	./scripts/demo
+	./scripts/demo $(ARGS)
 
-# Install everything (Debian Prometheus/Alertmanager when missing, pip packages) and run all tests.
+# Install everything (Debian Prometheus/Alertmanager when missing, the package into .venv) and run
+# all tests; pytest options go through ARGS: make test ARGS="-x tests/test_demo.py"
 test:
-	./scripts/test
+	./scripts/test $(ARGS)
 
 # Rebuild the shipped bootstrap model (deterministic; ~30 s).
 bootstrap-model:

@@ -240,6 +240,7 @@ def schedule_refits(daemon: Daemon, settings: Settings, models_dir: Path) -> Non
     from exporter.training.refit import Refitter
 
     refitter = Refitter(settings, models_dir, lambda: daemon.state.bundle)
+    daemon.on_stop.append(refitter.close)
     if settings.anomaly.refit_every is not None:
         daemon.schedule(refitter.refit_anomaly, settings.anomaly.refit_every, "anomaly-refit")
     if settings.retrain.every is not None:

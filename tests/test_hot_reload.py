@@ -7,12 +7,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import train_tiny_bundle
+from helpers import plant_pickle, resign_manifest, train_tiny_bundle
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_settings
-from exporter.models.bundle import CLASSIFIER_FILE, ModelBundle, load_bundle, save_bundle
+from exporter.models.bundle import (
+    CLASSIFIER_FILE,
+    DETECTOR_FILE,
+    PICKLED_DETECTOR,
+    ModelBundle,
+    load_bundle,
+    save_bundle,
+)
 from exporter.models.registry import activate, resolve
 from exporter.service.daemon import Daemon
 from exporter.service.reload import ModelWatcher
@@ -99,5 +106,25 @@ def test_dangling_active_link_is_refused_and_counted(daemon: Daemon, models: Pat
 
     daemon.cycle()
 
+    assert serving_version(daemon) == "v1"
+    assert load_errors(daemon) == 1
+
+
+def test_a_pickled_detector_is_refused_on_hot_reload_without_running_it(
+    daemon: Daemon, models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The fault matrix's payload: a format-1 bundle whose detector.joblib runs a shell command
+    # when unpickled, with a matching checksum. It must never be opened.
+    marker = tmp_path_factory.mktemp("witness") / "pwned"
+    shutil.copytree(models / "v2", models / "v3")
+    (models / "v3" / DETECTOR_FILE).unlink()
+    plant_pickle(models / "v3", PICKLED_DETECTOR, marker)
+    resign_manifest(models / "v3", format_version=1)
+    daemon.cycle()
+    activate(models, "v3")
+
+    daemon.cycle()
+
+    assert not marker.exists()
     assert serving_version(daemon) == "v1"
     assert load_errors(daemon) == 1

@@ -207,7 +207,7 @@ def test_anomaly_refit_activates_a_new_detector_beside_the_same_classifier(
     assert version is not None and resolve(tmp_path).name == version
     refitted = load_bundle(resolve(tmp_path))
     assert refitted.manifest.files["classifier.ubj"] == serving.manifest.files["classifier.ubj"]
-    assert refitted.manifest.files["detector.joblib"] != serving.manifest.files["detector.joblib"]
+    assert refitted.manifest.files["detector.npz"] != serving.manifest.files["detector.npz"]
     assert refitted.manifest.training["anomaly_refit"]["rows"] > 1000
 
 

@@ -1,7 +1,7 @@
 """A models directory: one bundle per version, and an ``active`` link to the serving one.
 
     models/
-      20261125T101500Z-3f2a9c/   a bundle (manifest.json, classifier.ubj, detector.joblib)
+      20261125T101500Z-3f2a9c/   a bundle (manifest.json, classifier.ubj, detector.npz)
       20261126T101500Z-81bd04/
       active -> 20261126T101500Z-81bd04
 

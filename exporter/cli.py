@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +19,7 @@ from exporter.models.registry import activate, list_versions, resolve
 from exporter.progress import reporter
 from exporter.redact import mask_url
 from exporter.service.api import make_server
-from exporter.service.daemon import Daemon
+from exporter.service.daemon import Daemon, check_compatibility
 from exporter.service.reload import ModelWatcher
 from exporter.sources.prometheus import PrometheusSource
 from exporter.training.evaluate import format_report
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and print the effective config")
     check.add_argument("config", type=Path, nargs="?", help="YAML config file")
+    check.add_argument(
+        "--offline", action="store_true", help="do not ask Prometheus to check the PromQL syntax"
+    )
     check.set_defaults(handler=cmd_check_config)
 
     backtest = commands.add_parser("backtest", help="score recorded series (CSV or the NAB corpus) per row")
@@ -164,9 +168,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Print the effective config; exit 2 when the model or a query would stop ``run``."""
     settings = load_settings(args.config)
     print(yaml.safe_dump(effective_config(settings), sort_keys=False), end="")
-    return 0
+    problems = model_problems(settings)
+    if not args.offline:
+        problems += query_problems(settings)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return EXIT_USAGE if problems else 0
+
+
+def model_problems(settings: Settings) -> list[str]:
+    """``run`` loads model.path before anything else: check it loads, and fits the config."""
+    try:
+        bundle = load_bundle(resolve(resolve_model(settings.model.path)))
+    except BundleError as exc:
+        return [f"model.path: {exc}"]
+    for problem in check_compatibility(bundle, settings):
+        print(f"warning: model and config differ: {problem}", file=sys.stderr)
+    return []
+
+
+def query_problems(settings: Settings) -> list[str]:
+    """Every signal query and the failure query, parsed by the configured Prometheus itself."""
+    from exporter.sources.prometheus import PrometheusClient, QueryFailed
+
+    seconds = min(settings.prometheus.timeout, 5.0)
+    quick = settings.prometheus.model_copy(update={"retries": 0, "timeout": seconds, "deadline": seconds})
+    client = PrometheusClient(quick)
+    queries = {f"signals.{name}": query for name, query in settings.queries.items()}
+    if settings.failure_query is not None:
+        queries["failure.query"] = settings.failure_query
+    problems = []
+    try:
+        for key, query in queries.items():
+            error = client.syntax_error(query)
+            if error is not None:
+                problems.append(f"{key}: PromQL does not parse: {error}\n  query: {query}")
+    except QueryFailed as exc:
+        print(
+            f"warning: the PromQL syntax was not checked: cannot ask Prometheus at "
+            f"{mask_url(settings.prometheus.url)} ({exc.reason}: {exc}); use --offline to skip this check",
+            file=sys.stderr,
+        )
+    finally:
+        client.close()
+    return problems
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -189,6 +237,7 @@ def schedule_refits(daemon: Daemon, settings: Settings, models_dir: Path) -> Non
     from exporter.training.refit import Refitter
 
     refitter = Refitter(settings, models_dir, lambda: daemon.state.bundle)
+    daemon.on_stop.append(refitter.close)
     if settings.anomaly.refit_every is not None:
         daemon.schedule(refitter.refit_anomaly, settings.anomaly.refit_every, "anomaly-refit")
     if settings.retrain.every is not None:
@@ -216,6 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from exporter.training import workflow
 
     logs.configure("warning")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if args.activate and args.models_dir is None:
         raise ConfigError("--activate needs --models-dir")
     try:
@@ -239,6 +289,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         activate(args.models_dir, bundle.manifest.version)
     print_report(bundle.manifest.metrics, args.json, f"wrote {target} ({bundle.manifest.version})")
     return 0
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """Unwind like Ctrl-C, so a bundle being written removes its staging directory."""
+    raise SystemExit(128 + signum)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -288,8 +343,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
 
 def cmd_models_activate(args: argparse.Namespace) -> int:
-    path = activate(args.directory, args.version)
-    load_bundle(path)
+    activate(args.directory, args.version)
     print(f"active: {args.version}")
     return 0
 

@@ -88,6 +88,7 @@ class Daemon:
         )
         self.horizon = format_duration(served_horizon(bundle, settings.step))
         self.on_cycle: list[Callable[[Snapshot], None]] = []
+        self.on_stop: list[Callable[[], None]] = []  # e.g. abandon a refit's queries
         self._drift = DriftTracker()
         self._normaliser: AnomalyNormaliser | None = None
         self._clock = clock
@@ -250,5 +251,7 @@ class Daemon:
         close = getattr(self.source, "close", None)  # sources holding connections have one
         if close is not None:
             close()
+        for hook in self.on_stop:
+            hook()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)

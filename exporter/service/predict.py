@@ -10,6 +10,7 @@ scoring code downstream trusts what it receives.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import time
@@ -43,6 +44,7 @@ MIN_POINTS = SHORT_SPAN  # fewer points leave the short-span rate and most trend
 MAX_STEP = 7 * 86400.0
 MAX_ERRORS = 50  # reported per response; a batch of 1,000 bad arrays would otherwise echo 100k errors
 DEFAULT_TOP_FEATURES = 5
+INLINE_ROWS = 64  # model calls of up to this many rows run on the event loop (~1-3 ms)
 
 
 class ApiError(Exception):
@@ -342,7 +344,7 @@ def describe(
 
 def _explanations(explained: Explained, top_features: int) -> tuple[list[dict], list[dict[str, float]]]:
     contributions, values = explained.contributions, explained.values
-    weights = signal_weights(explained.features, explained.signals)
+    weights = _weights(explained.features, explained.signals)
     by_signal = contributions[:, :-1] @ weights
     unattributed = contributions[:, :-1] @ (weights.sum(axis=1) == 0)
     margin = contributions.sum(axis=1)
@@ -379,6 +381,14 @@ def _explanations(explained: Explained, top_features: int) -> tuple[list[dict], 
     return explanations, feature_maps
 
 
+@functools.lru_cache(maxsize=8)
+def _weights(features: tuple[str, ...], signals: tuple[str, ...]) -> np.ndarray:
+    """signal_weights, once per model rather than once per request (read only)."""
+    weights = signal_weights(features, signals)
+    weights.flags.writeable = False
+    return weights
+
+
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -386,11 +396,14 @@ def _finite(x: float) -> float | None:
 class Scorer:
     """Scores windows for concurrent requests, coalescing them into one model call.
 
-    While one call runs, requests that arrive queue up and the next call takes
-    them all (up to ``max_rows``), so a lone request waits for nothing and a
-    burst of single predictions costs a few batched calls instead of one each.
-    Scoring runs in a worker thread, one call at a time, so the API cannot
-    starve the scoring cycle of CPU with many parallel model calls.
+    The drain runs as a task: requests whose bodies are already readable when the
+    first arrives are parsed before it starts and join its call, and while a call
+    runs, newcomers queue up for the next one (up to ``max_rows``). A lone request
+    waits for nothing and a burst of single predictions costs a few batched calls
+    instead of one each. Calls of up to ``INLINE_ROWS`` rows run on the event loop
+    (a thread hop costs as much as the call); larger ones in a worker thread, one
+    at a time, so /metrics keeps answering and the API cannot starve the scoring
+    cycle of CPU with many parallel model calls.
     """
 
     def __init__(self, max_rows: int) -> None:
@@ -416,7 +429,10 @@ class Scorer:
                 rows += len(self._queue[0].values)
                 batch.append(self._queue.popleft())
             try:
-                results = await anyio.to_thread.run_sync(_score_jobs, batch)
+                if rows <= INLINE_ROWS:
+                    results = _score_jobs(batch)  # ~1 ms: a thread hop would cost as much again
+                else:
+                    results = await anyio.to_thread.run_sync(_score_jobs, batch)
             except Exception as exc:
                 for job in batch:
                     if not job.result.done():

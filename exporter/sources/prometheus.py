@@ -142,9 +142,38 @@ class PrometheusClient:
             "step": f"{step:g}",
             "timeout": f"{self._settings.timeout:g}s",
         }
-        return self._with_retries("/api/v1/query_range", params)
+        return _decode(self._with_retries("/api/v1/query_range", params))
 
-    def _with_retries(self, path: str, params: Mapping[str, str]) -> Any:
+    def syntax_error(self, query: str) -> str | None:
+        """Prometheus's own parse error for ``query``, or None when it parses.
+
+        ``/api/v1/parse_query`` exists from Prometheus 2.45 on; older servers (2.42 here)
+        and many compatible APIs answer 404, so the query then runs as an instant query
+        at Unix time 1, where no data exists: parsing and type checks happen, the
+        evaluation costs nothing. Raises QueryFailed when Prometheus cannot be asked.
+        """
+        probes = (
+            ("/api/v1/parse_query", {"query": query}),
+            ("/api/v1/query", {"query": query, "time": "1", "timeout": f"{self._settings.timeout:g}s"}),
+        )
+        for path, params in probes:
+            response = self._with_retries(path, params)
+            if response.status_code == 404 and path.endswith("parse_query"):
+                continue
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and body.get("status") == "success":
+                return None
+            if isinstance(body, dict) and body.get("errorType") == "bad_data":
+                return str(body.get("error"))
+            raise QueryFailed(
+                _status_reason(response.status_code), f"HTTP {response.status_code} from {path}"
+            )
+        return None
+
+    def _with_retries(self, path: str, params: Mapping[str, str]) -> requests.Response:
         settings = self._settings
         deadline = self._clock() + settings.deadline
         for attempt in range(settings.retries + 1):
@@ -155,19 +184,21 @@ class PrometheusClient:
                 if exc.reason not in _RETRYABLE_REASONS:
                     raise
                 pause = settings.backoff * 2**attempt
-                if budget < settings.timeout or self._clock() + pause >= deadline:
+                cut_by_deadline = exc.reason == "timeout" and budget < settings.timeout
+                no_time_left = self._clock() + pause >= deadline and attempt < settings.retries
+                if cut_by_deadline or (no_time_left and exc.reason == "timeout"):
                     raise QueryFailed(
                         "deadline",
                         f"no complete answer within the {settings.deadline:g}s query deadline: {exc}",
                     ) from exc
-                if attempt == settings.retries:
+                if attempt == settings.retries or no_time_left:
                     raise
             self._sleep(pause)
             if self._attempts.closed.is_set():
                 break
         raise QueryFailed("shutdown", "abandoned: the daemon is stopping")
 
-    def _post(self, path: str, params: Mapping[str, str], budget: float) -> Any:
+    def _post(self, path: str, params: Mapping[str, str], budget: float) -> requests.Response:
         with self._attempts.attempt(budget) as attempt:
             try:
                 response = self._session.post(
@@ -179,7 +210,9 @@ class PrometheusClient:
                 )
             except (requests.RequestException, OSError) as exc:
                 raise self._failure(exc, attempt.cut, budget) from exc
-        return _decode(response)
+        if response.status_code in _RETRYABLE_STATUS or response.status_code >= 500:
+            _decode(response)  # raises the retryable QueryFailed with Prometheus's message
+        return response
 
     def _failure(self, exc: Exception, cut: str | None, budget: float) -> QueryFailed:
         """What went wrong, with every URL and configured secret masked."""

@@ -135,7 +135,7 @@ def test_built_wheel_holds_the_bootstrap_model_and_its_demo_runs_from_the_root_d
     assert {
         "exporter/bootstrap_model/manifest.json",
         "exporter/bootstrap_model/classifier.ubj",
-        "exporter/bootstrap_model/detector.joblib",
+        "exporter/bootstrap_model/detector.npz",
     } <= names
     subprocess.run(
         [venv_python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", wheel],

@@ -92,7 +92,7 @@ def run(
     clients: int,
     seconds: float,
     path: str = "/api/v1/predict",
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Send ``bodies`` round-robin from ``clients`` threads for ``seconds``; latency and rate."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = time.perf_counter() + seconds
@@ -112,13 +112,8 @@ def run(
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
-    every = sorted(x for per_client in latencies for x in per_client)
-    return {
-        "requests": len(every),
-        "rps": len(every) / elapsed,
-        "p50": statistics.median(every),
-        "p99": every[min(len(every) - 1, int(0.99 * len(every)))],
-    }
+    every = [x for per_client in latencies for x in per_client]
+    return merged([{"latencies": every, "elapsed": elapsed}]) | {"latencies": every, "elapsed": elapsed}
 
 
 def free_port() -> int:
@@ -188,8 +183,35 @@ def wait_until(ready: Callable[[], bool], timeout: float) -> None:
     raise RuntimeError("the server did not become ready")
 
 
-def measure(url: str, token: str | None, seconds: float, clients: int) -> list[tuple[str, dict[str, float]]]:
-    status, data = Client(url, token).request("GET", "/api/v1/model")
+def interleaved(
+    ours: tuple[str, list[bytes], str], theirs: tuple[str, list[bytes], str], clients: int, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both servers loaded in alternating one-second slices, so a shared, noisy machine's load
+    drifts over both alike; each is loaded for ``seconds`` in all."""
+    slices: list[list[dict[str, Any]]] = [[], []]
+    for _ in range(max(1, round(seconds))):
+        for side, (url, bodies, path) in enumerate((ours, theirs)):
+            slices[side].append(run(url, None if side else TOKEN[0], bodies, clients, 1.0, path))
+    return merged(slices[0]), merged(slices[1])
+
+
+def merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    every = sorted(x for part in parts for x in part["latencies"])
+    return {
+        "requests": len(every),
+        "rps": len(every) / sum(part["elapsed"] for part in parts),
+        "p50": statistics.median(every),
+        "p99": every[min(len(every) - 1, int(0.99 * len(every)))],
+    }
+
+
+TOKEN: list[str | None] = [None]
+
+
+def measure(
+    url: str, reference: str, seconds: float, clients: int
+) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    status, data = Client(url, TOKEN[0]).request("GET", "/api/v1/model")
     if status != 200:
         raise RuntimeError(f"GET /api/v1/model: HTTP {status}: {data[:300]!r}")
     model = json.loads(data)
@@ -197,11 +219,14 @@ def measure(url: str, token: str | None, seconds: float, clients: int) -> list[t
     singles = [json.dumps(item).encode() for item in pool]
     batch_100 = [json.dumps(pool[i : i + 100]).encode() for i in range(0, 2000, 100)]
     batch_1000 = [json.dumps(pool[:1000]).encode(), json.dumps(pool[1000:]).encode()]
+    ours, theirs = (url, singles, "/api/v1/predict"), (reference, reference_bodies(2000), "/predict")
+    one = interleaved(ours, theirs, 1, seconds)
+    many = interleaved(ours, theirs, clients, seconds)
     return [
-        ("single, 1 client", run(url, token, singles, 1, seconds)),
-        (f"single, {clients} clients", run(url, token, singles, clients, seconds)),
-        ("batch of 100, 1 client", {**run(url, token, batch_100, 1, seconds), "items": 100}),
-        ("batch of 1,000, 1 client", {**run(url, token, batch_1000, 1, seconds), "items": 1000}),
+        ("single, 1 client", *one),
+        (f"single, {clients} clients", *many),
+        ("batch of 100, 1 client", {**run(url, TOKEN[0], batch_100, 1, seconds), "items": 100}, None),
+        ("batch of 1,000, 1 client", {**run(url, TOKEN[0], batch_1000, 1, seconds), "items": 1000}, None),
     ]
 
 
@@ -219,28 +244,27 @@ def main() -> None:
     )
     parser.add_argument("--reference", type=Path, default=REFERENCE, help="the seeds' server script")
     args = parser.parse_args()
-    with demo_server() if args.url is None else _given(args.url) as url:
-        results = measure(url, args.token, args.seconds, args.clients)
-    with reference_server(args.reference) as url:
-        bodies = reference_bodies(2000)
-        reference = {
-            "single, 1 client": run(url, None, bodies, 1, args.seconds, "/predict"),
-            f"single, {args.clients} clients": run(url, None, bodies, args.clients, args.seconds, "/predict"),
-        }
-    print(f"{'POST /api/v1/predict':<26} {'requests/s':>10} {'items/s':>9} {'p50':>9} {'p99':>9}")
-    for name, result in results:
+    TOKEN[0] = args.token
+    with (
+        demo_server() if args.url is None else _given(args.url) as url,
+        reference_server(args.reference) as reference,
+    ):
+        results = measure(url, reference, args.seconds, args.clients)
+    print(
+        f"{'POST /api/v1/predict':<26} {'requests/s':>10} {'items/s':>9} {'p50':>9} {'p99':>9}   seeds' server"
+    )
+    for name, result, seed in results:
         items = result["rps"] * result.get("items", 1)
-        print(
+        line = (
             f"{name:<26} {result['rps']:>10,.0f} {items:>9,.0f} "
             f"{result['p50'] * 1000:>7.1f}ms {result['p99'] * 1000:>7.1f}ms"
         )
-    print(f"\n{'seeds reference /predict':<26} {'requests/s':>10} {'ratio':>9} {'p50':>9} {'p99':>9}")
-    ours = dict(results)
-    for name, result in reference.items():
-        print(
-            f"{name:<26} {result['rps']:>10,.0f} {ours[name]['rps'] / result['rps']:>8.2f}x "
-            f"{result['p50'] * 1000:>7.1f}ms {result['p99'] * 1000:>7.1f}ms"
-        )
+        if seed is not None:
+            line += (
+                f"   {seed['rps']:,.0f}/s, p50 {seed['p50'] * 1000:.1f}ms, p99 {seed['p99'] * 1000:.1f}ms: "
+                f"ratio {result['rps'] / seed['rps']:.2f}x"
+            )
+        print(line)
 
 
 @contextmanager

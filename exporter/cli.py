@@ -182,7 +182,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def model_problems(settings: Settings) -> list[str]:
     """``run`` loads model.path before anything else: check it loads, and fits the config."""
     try:
-        bundle = load_bundle(resolve(resolve_model(settings.model.path)))
+        bundle = load_bundle(resolve(settings.model.path))
     except BundleError as exc:
         return [f"model.path: {exc}"]
     for problem in check_compatibility(bundle, settings):

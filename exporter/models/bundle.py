@@ -35,8 +35,8 @@ from exporter.features import Features, feature_names, select, signal_weights
 from exporter.models.anomaly import AnomalyDetector
 from exporter.models.classifier import FailureClassifier
 from exporter.models.forest import ForestError
-from exporter.models.treeshap import TreeShap, TreeShapError
 from exporter.models.staging import done_with, make_staging
+from exporter.models.treeshap import TreeShap, TreeShapError
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"

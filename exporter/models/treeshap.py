@@ -116,7 +116,9 @@ class TreeShap:
             parts = self.table[(np.arange(len(self.value)) << self.width) + met]  # [rows, leaves, width]
             flat = parts.reshape(len(met), -1)[:, self.order]
             out[part, self.present] = np.add.reduceat(flat, self.starts, axis=1)
-        return out
+        # Rounded to float32 as XGBoost's own are: sums of them in float64 (margins, per-signal
+        # shares) then come out the same whatever the batch a row was scored in.
+        return out.astype(np.float32).astype(np.float64)
 
     def margin(self, X: np.ndarray) -> np.ndarray:
         """XGBoost's raw margin: the values of the leaves each row reaches, plus the base."""

@@ -148,3 +148,21 @@ def test_description_lookup_stays_inside_the_alerts_cluster(stack: Stack) -> Non
         timeout=20,
     )
     assert sorted(r["metric"]["cluster"] for r in recorded) == ["eu", "us"]
+
+
+@pytest.mark.parametrize("board", ["failure-risk-overview.json", "predictor-health.json"])
+def test_dashboards_show_only_the_chosen_cluster(stack: Stack, board: str) -> None:
+    from test_dashboards import REPO, load, queries, resolve_variables, run_query, substitute
+
+    dashboard = load(REPO / "grafana" / "dashboards" / board)
+    url = stack.prometheus.url
+    eventually(
+        lambda: stack.prometheus.query("failure_predictor_model_info"), timeout=20, message="no scrape"
+    )
+    values = resolve_variables(dashboard, url, {"cluster": "eu"})
+    clusters: set[str] = set()
+    for _, target in queries(dashboard):
+        for series in run_query(url, substitute(target["expr"], values), instant=True):
+            clusters.add(series["metric"].get("cluster", "-"))
+    assert "eu" in clusters, "the eu replicas' series are on the dashboard"
+    assert "us" not in clusters

@@ -292,6 +292,8 @@ def mount_secrets(docs: list[dict[str, Any]], config_text: str, directory: Path)
 def test_configmap_passes_check_config(chart, values_file, tmp_path, capsys, monkeypatch):
     for key in [k for k in os.environ if k.startswith("FAILURE_PREDICTOR_")]:
         monkeypatch.delenv(key)
+    # check-config loads model.path: the image's bundle, which is the repository's copy here.
+    monkeypatch.setenv("FAILURE_PREDICTOR_MODEL__PATH", str(REPO / "models" / "default"))
     docs = render(chart, values_of(values_file))
     configmap = next(d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d["data"])
     secrets = tmp_path / "secrets"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from exporter import logs
-from exporter.config import ConfigError, Settings, effective_config, load_settings
+from exporter import __version__, logs
+from exporter.config import BOOTSTRAP_MODEL, ConfigError, Settings, effective_config, load_settings
 from exporter.models.bundle import BundleError, load_bundle, save_bundle
 from exporter.models.registry import activate, list_versions, resolve
 from exporter.progress import reporter
@@ -27,8 +27,6 @@ from exporter.training.history import HistoryError
 from exporter.training.incidents import IncidentsError
 
 EXIT_USAGE = 2
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = Path("models/default")
 
 log = logging.getLogger("exporter")
 
@@ -53,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="failure-predictor",
         description="Predict workload failures from Prometheus series and re-export them as metrics.",
     )
+    parser.add_argument("--version", action="version", version=f"failure-predictor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon against Prometheus")
@@ -71,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--cycles", type=int, default=0, help="stop after this many cycles (default: run until Ctrl-C)"
     )
     demo.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help="model bundle (default models/default)"
+        "--model",
+        type=Path,
+        default=BOOTSTRAP_MODEL,
+        help="model bundle (default: the bootstrap bundle in the package)",
     )
     demo.set_defaults(handler=cmd_demo)
 
@@ -150,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--step", help="grid step, e.g. 5m (default: the median spacing of each file)")
     backtest.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help="model bundle (default models/default)"
+        "--model",
+        type=Path,
+        default=BOOTSTRAP_MODEL,
+        help="model bundle (default: the bootstrap bundle in the package)",
     )
     backtest.add_argument("--format", choices=["csv", "nab"], help="csv, or nab (the default with --nab)")
     backtest.add_argument("--out", type=Path, required=True, help="output directory")
@@ -160,14 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backtest.set_defaults(handler=cmd_backtest)
     return parser
-
-
-def resolve_model(path: Path) -> Path:
-    """A relative bundle path is looked up in the working directory, then next to the package."""
-    if path.is_absolute() or path.exists():
-        return path
-    beside_package = PACKAGE_ROOT / path
-    return beside_package if beside_package.exists() else path
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -185,7 +182,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def model_problems(settings: Settings) -> list[str]:
     """``run`` loads model.path before anything else: check it loads, and fits the config."""
     try:
-        bundle = load_bundle(resolve(resolve_model(settings.model.path)))
+        bundle = load_bundle(resolve(settings.model.path))
     except BundleError as exc:
         return [f"model.path: {exc}"]
     for problem in check_compatibility(bundle, settings):
@@ -223,7 +220,7 @@ def query_problems(settings: Settings) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     logs.configure(settings.log_level, settings.prometheus.secrets)
-    model_path = resolve_model(settings.model.path)
+    model_path = settings.model.path
     serving = resolve(model_path)
     bundle = load_bundle(serving)
     log.info(
@@ -251,7 +248,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from exporter.demo import run_demo
 
     logs.configure("warning")
-    return run_demo(load_bundle(resolve_model(args.model)), args)
+    return run_demo(load_bundle(args.model), args)
 
 
 def _add_range(parser: argparse.ArgumentParser) -> None:
@@ -303,7 +300,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from exporter.training import workflow
 
     logs.configure("warning")
-    bundle = load_bundle(resolve(resolve_model(args.bundle)))
+    bundle = load_bundle(resolve(args.bundle))
     settings = load_settings(args.config)
     try:
         span = workflow.time_range(args.since, args.start, args.end)
@@ -372,7 +369,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             source = FilesSource(paths, columns or bt.NAB_COLUMNS, step)
         else:
             source = FilesSource(args.input, columns, step)
-        bundle = load_bundle(resolve(resolve_model(args.model)))
+        bundle = load_bundle(resolve(args.model))
         output_format = args.format or ("nab" if args.nab else "csv")
         detector = args.detector or bt.DEFAULT_DETECTOR
         summary = bt.run_backtest(source, bundle, args.out, output_format, detector, reporter("backtest"))

@@ -30,6 +30,8 @@ from pydantic import (
 from exporter.redact import SECRET, mask_url
 
 ENV_PREFIX = "FAILURE_PREDICTOR_"
+# The bootstrap bundle ships inside the package (package data), so the default works from any directory.
+BOOTSTRAP_MODEL = Path(__file__).resolve().parent / "bootstrap_model"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -197,7 +199,7 @@ class PrometheusSettings(_Strict):
 
 
 class ModelSettings(_Strict):
-    path: Path = Path("models/default")
+    path: Path = BOOTSTRAP_MODEL
 
 
 class AnomalyRefitSettings(_Strict):

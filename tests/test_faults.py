@@ -46,8 +46,8 @@ from servers import (
     free_port,
 )
 
-from exporter.cli import DEFAULT_MODEL, main, resolve_model
-from exporter.config import ConfigError, Settings, load_settings
+from exporter.cli import main
+from exporter.config import BOOTSTRAP_MODEL, ConfigError, Settings, load_settings
 from exporter.models.bundle import CLASSIFIER_FILE, MANIFEST, ModelBundle, load_bundle, save_bundle
 from exporter.models.registry import activate, resolve
 from exporter.service.daemon import Daemon
@@ -78,7 +78,7 @@ def fault_prometheus(
 @pytest.fixture(scope="module")
 def bundle() -> ModelBundle:
     """The shipped bootstrap bundle: 60-step windows, which TEST_SPEED gives at 1 s steps."""
-    return load_bundle(resolve(resolve_model(DEFAULT_MODEL)))
+    return load_bundle(resolve(BOOTSTRAP_MODEL))
 
 
 def gauges(name: str, values: Mapping[str, float], **labels: str) -> str:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from servers import free_port
+
+from exporter import __version__
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,3 +116,61 @@ def test_demo_script_reuses_the_venv_and_takes_options(clone: Clone) -> None:
     assert "reusing virtualenv .venv" in again.stderr
     assert "already installed" in again.stderr
     assert "riskiest of 12 simulated targets" in again.stdout
+
+
+def test_built_wheel_holds_the_bootstrap_model_and_its_demo_runs_from_the_root_directory(
+    clone: Clone, tmp_path: Path
+) -> None:
+    assert clone.first_run.returncode == 0, clone.first_run.stderr
+    venv_python = str(clone.root / ".venv" / "bin" / "python")
+    subprocess.run(
+        [venv_python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", tmp_path, clone.root],
+        env=clone.env,
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob(f"failure_predictor-{__version__}-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {
+        "exporter/bootstrap_model/manifest.json",
+        "exporter/bootstrap_model/classifier.ubj",
+        "exporter/bootstrap_model/detector.npz",
+    } <= names
+    subprocess.run(
+        [venv_python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", wheel],
+        env=clone.env,
+        check=True,
+        timeout=300,
+    )
+    # The checkout goes away, so nothing can come from it: the wheel alone must be enough.
+    shutil.move(clone.root / "exporter", tmp_path / "moved-away")
+    try:
+        demo = subprocess.run(
+            [
+                clone.root / ".venv" / "bin" / "failure-predictor",
+                "demo",
+                "--cycles",
+                "2",
+                "--port",
+                str(free_port()),
+            ],
+            cwd="/",
+            env=clone.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.move(tmp_path / "moved-away", clone.root / "exporter")
+    assert demo.returncode == 0, demo.stderr + demo.stdout
+    assert "riskiest of 40 simulated targets" in demo.stdout
+    version = subprocess.run(
+        [clone.root / ".venv" / "bin" / "failure-predictor", "--version"],
+        cwd="/",
+        env=clone.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert version.stdout.strip() == f"failure-predictor {__version__}"

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import yaml
 
 from exporter.cli import main as cli_main
 from exporter.config import BOOTSTRAP_MODEL, load_settings
+from exporter.models.registry import activate
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "failure-predictor"
@@ -288,18 +290,28 @@ def mount_secrets(docs: list[dict[str, Any]], config_text: str, directory: Path)
     return config_text.replace(SECRET_DIR, str(directory))
 
 
+def mount_models(config_text: str, directory: Path) -> str:
+    """What the volume holds once the trainer ran: a models directory whose ``active`` is a bundle
+    (check-config loads model.path, which on this machine is not the pod's volume)."""
+    path = (yaml.safe_load(config_text).get("model") or {}).get("path")
+    if path is None:
+        return config_text
+    shutil.copytree(BOOTSTRAP_MODEL, directory / "bootstrap")
+    activate(directory, "bootstrap")
+    return config_text.replace(path, str(directory))
+
+
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
 def test_configmap_passes_check_config(chart, values_file, tmp_path, capsys, monkeypatch):
     for key in [k for k in os.environ if k.startswith("FAILURE_PREDICTOR_")]:
         monkeypatch.delenv(key)
-    # check-config loads model.path: the image's bundle, which is the repository's copy here.
-    monkeypatch.setenv("FAILURE_PREDICTOR_MODEL__PATH", str(REPO / "models" / "default"))
     docs = render(chart, values_of(values_file))
     configmap = next(d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d["data"])
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     config = tmp_path / "config.yaml"
-    config.write_text(mount_secrets(docs, configmap["data"]["config.yaml"], secrets))
+    config_text = mount_secrets(docs, configmap["data"]["config.yaml"], secrets)
+    config.write_text(mount_models(config_text, tmp_path / "models"))
     assert cli_main(["check-config", str(config)]) == 0
     settings = load_settings(config)
     assert (

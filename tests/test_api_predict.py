@@ -133,6 +133,18 @@ def test_selector_explanation_is_the_cycle_explanation(url, frame):
     assert usual(selected["recommendations"]) == usual(raw["recommendations"])
 
 
+def test_selector_explains_a_target_the_cycle_left_unexplained(url, daemon, frame):
+    snapshot = daemon.state.snapshot
+    row = int(np.argmin(snapshot.probability))
+    assert snapshot.risk[row] == 0
+    assert np.isnan(snapshot.explanations.contributions[row]).all()  # the cycle explains risky ones only
+
+    selected = post(url, dict(frame.targets[row])).json()
+
+    assert selected["explanation"] is not None
+    assert selected["explanation"] == post(url, observation(frame, row)).json()["explanation"]
+
+
 def test_top_signals_carry_the_cycle_shares(url, daemon, frame):
     snapshot = daemon.state.snapshot
     row = int(np.argmax(snapshot.probability))

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +29,7 @@ import requests
 
 from exporter.config import PrometheusSettings, Settings
 from exporter.frame import Frame
+from exporter.memory import return_large_buffers
 from exporter.sources import Fetch, QueryError
 from exporter.sources.matrix import Matrix, MatrixError, decode_matrix, matrix_of
 from exporter.sources.window import Key, RollingWindow
@@ -305,10 +306,13 @@ class PrometheusSource:
         self._settings = settings
         self._client = client or PrometheusClient(settings.prometheus)
         self._clock = clock
+        return_large_buffers()
         self._templates = settings.signal_templates
         self.signals = tuple(self._templates)
         self._points = round(settings.lookback / settings.step)
         self._pool = ThreadPoolExecutor(max_workers=len(self.signals), thread_name_prefix="query")
+        # At most two whole-window answers in memory at once: one arriving while one decodes.
+        self._whole = threading.Semaphore(2)
         self._window: RollingWindow | None = None
         self._full_at = -math.inf
         self._stale: set[int] = set()
@@ -398,8 +402,10 @@ class PrometheusSource:
             selector = matcher([window.keys[i] for i in read.rows], self._settings.target_labels)
         query = self._settings.fill(template, selector)
         start, end = window.timestamps[read.first], window.timestamps[read.last]
+        whole = read.rows is None and read.last - read.first > self._settings.reread_steps
         try:
-            result = self._client.query_range(query, start, end, self._settings.step)
+            with self._whole if whole else nullcontext():
+                result = self._client.query_range(query, start, end, self._settings.step)
         except QueryFailed as exc:
             log.warning("query failed", extra={"signal": signal, "reason": exc.reason, "error": str(exc)})
             return _Outcome(error=QueryError(signal, exc.reason, str(exc)))

@@ -36,6 +36,7 @@ class Store:
     now: float = START
     failing: set[str] = field(default_factory=set)
     queries: list[tuple[str, float, float, bool]] = field(default_factory=list)
+    narrowed_to: list[set[str]] = field(default_factory=list)  # pods each narrowed query asked for
 
     def add(self, signal: str, key: tuple[str, str], at: float, value: float, delay: float) -> None:
         self.samples.setdefault((signal, key), {})[at] = (value, at + delay)
@@ -53,6 +54,8 @@ class StoreClient:
             raise QueryFailed("http_5xx", "HTTP 503")
         allowed = {label: set(values.split("|")) for label, values in _MATCHER.findall(query)}
         self.store.queries.append((signal, start, end, bool(allowed)))
+        if allowed:
+            self.store.narrowed_to.append(allowed["pod"])
         grid = np.arange(start, end + step / 2, step)
         labels, stamps, values = [], [], []
         for (name, key), series in sorted(self.store.samples.items()):
@@ -190,6 +193,20 @@ def test_a_pod_that_appears_mid_window_gets_its_history_in_one_narrowed_query_pe
     expected, targets = full_refetch(store, (0, 1))
     assert frame.targets == targets
     np.testing.assert_array_equal(frame.values[:, :, :2], expected[:, :, :2])
+
+
+def test_a_shard_reads_history_only_for_its_own_pods() -> None:
+    store = Store()
+    fill(store, [("ns1", f"pod-{i}", -POINTS, 100, {"a", "b", "c"}, 0, 0) for i in range(10)])
+    source = PrometheusSource(source_settings(1, 3), client=StoreClient(store), clock=lambda: store.now)
+    frame = source.fetch().frame
+
+    mine = {t["pod"] for t in frame.targets}
+    assert mine == {f"pod-{i}" for i in range(10) if shard_of(("ns1", f"pod-{i}"), 3) == 1}
+    # Whole-window reads (a and b, narrowable) asked for this shard's pods only; c had to read everyone.
+    whole = [q for q in store.queries if round((q[2] - q[1]) / STEP) + 1 > 3]
+    assert sorted((q[0], q[3]) for q in whole) == [("a", True), ("b", True), ("c", False)]
+    assert store.narrowed_to == [mine, mine]
 
 
 def test_window_advance_keeps_the_overlap_and_blanks_the_new_columns() -> None:

@@ -36,7 +36,7 @@ for path in (ROOT, ROOT / "tests"):
 
 from prometheus_client import generate_latest  # noqa: E402
 
-from exporter.config import Settings  # noqa: E402
+from exporter.config import BOOTSTRAP_MODEL, Settings  # noqa: E402
 from exporter.features import frame_features  # noqa: E402
 from exporter.models.bundle import load_bundle  # noqa: E402
 from exporter.service.collector import STAGES  # noqa: E402
@@ -229,7 +229,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=1, help="measure shard 0 of this many")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/failure-predictor-bench"))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--model", type=Path, default=BOOTSTRAP_MODEL)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child: one N, JSON out
     args = parser.parse_args()
     if args.prometheus and args.one:

@@ -19,19 +19,24 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import requests
+import urllib3
 
 from exporter.config import PrometheusSettings, Settings
 from exporter.frame import Frame
 from exporter.memory import return_large_buffers
+from exporter.redact import mask, mask_url
 from exporter.sources import Fetch, QueryError
 from exporter.sources.matrix import Matrix, MatrixError, decode_matrix, matrix_of
+from exporter.sources.transport import AbortableAdapter, Attempts
 from exporter.sources.window import Key, RollingWindow
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 _RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 # One answer decoded at a time: its temporaries (~3x the body) are the peak of a cycle.
 _DECODING = threading.Lock()
+_RETRYABLE_REASONS = frozenset({"timeout", "connection", "http_5xx"})
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,10 @@ class QueryFailed(Exception):
 
 
 def build_session(settings: PrometheusSettings) -> requests.Session:
-    """A session carrying auth, TLS and extra headers for every request."""
+    """A session carrying auth and extra headers for every request (TLS goes per request, see tls_options)."""
     session = requests.Session()
+    session.mount("http://", AbortableAdapter(max_retries=0))
+    session.mount("https://", AbortableAdapter(max_retries=0))
     session.headers.update({"Accept-Encoding": "identity", **settings.headers})
     if settings.bearer_token is not None:
         session.headers["Authorization"] = f"Bearer {settings.bearer_token}"
@@ -69,19 +77,64 @@ def build_session(settings: PrometheusSettings) -> requests.Session:
             password = auth.password_file.read_text().strip()
         session.auth = (auth.username, password or "")
     if settings.insecure_skip_verify:
-        session.verify = False
-    elif settings.ca_file is not None:
-        session.verify = str(settings.ca_file)
+        quiet_insecure_warnings(settings.url)
     return session
 
 
-class PrometheusClient:
-    """Range queries with timeouts and bounded retries; errors become QueryFailed."""
+def tls_options(settings: PrometheusSettings) -> dict[str, Any]:
+    """``verify`` and ``cert`` for each request.
 
-    def __init__(self, settings: PrometheusSettings, sleep: Callable[[float], None] = time.sleep) -> None:
+    Passed per request, not set on the session: requests lets ``REQUESTS_CA_BUNDLE`` (set in
+    many corporate images) replace a session's ``verify`` (Session.merge_environment_settings),
+    which silently ignored ``ca_file`` and ``insecure_skip_verify``. Per request, the config
+    wins; with neither set, the environment's bundle still applies, as users expect.
+    """
+    options: dict[str, Any] = {}
+    if settings.insecure_skip_verify:
+        options["verify"] = False
+    elif settings.ca_file is not None:
+        options["verify"] = str(settings.ca_file)
+    if settings.cert_file is not None and settings.key_file is not None:
+        options["cert"] = (str(settings.cert_file), str(settings.key_file))
+    return options
+
+
+_insecure_noted: set[str] = set()
+
+
+def quiet_insecure_warnings(url: str) -> None:
+    """One structured log line instead of urllib3's plain-text InsecureRequestWarning per request."""
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+    if url not in _insecure_noted:
+        _insecure_noted.add(url)
+        log.warning(
+            "TLS certificate verification is off (prometheus.insecure_skip_verify)",
+            extra={"prometheus": mask_url(url)},
+        )
+
+
+class PrometheusClient:
+    """Range queries with a total deadline and bounded retries; errors become QueryFailed.
+
+    Each attempt gets ``timeout`` (or what is left of ``deadline``) on the wall clock from
+    connecting to the last byte (sources/transport.py), retries back off, and the whole
+    query ends by ``deadline``. ``close()`` abandons every query in flight at once, so a
+    hung Prometheus never holds a shutdown.
+    """
+
+    def __init__(
+        self,
+        settings: PrometheusSettings,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
         self._session = build_session(settings)
-        self._sleep = sleep
+        self._tls = tls_options(settings)
+        self._attempts = Attempts()
+        self._sleep = sleep or self._attempts.closed.wait
+        self._clock = clock
+        self._url = mask_url(settings.url)
 
     def _bearer_from_file(self) -> dict[str, str]:
         """Token files are re-read per request: Kubernetes rotates projected tokens."""
@@ -96,31 +149,95 @@ class PrometheusClient:
             "step": f"{step:g}",
             "timeout": f"{self._settings.timeout:g}s",
         }
-        attempts = self._settings.retries + 1
-        for attempt in range(attempts):
-            try:
-                return self._post("/api/v1/query_range", params)
-            except QueryFailed as exc:
-                if exc.reason not in ("timeout", "connection", "http_5xx") or attempt == attempts - 1:
-                    raise
-                self._sleep(self._settings.backoff * 2**attempt)
-        raise AssertionError("unreachable")
+        return _decode(self._with_retries("/api/v1/query_range", params))
 
-    def _post(self, path: str, params: Mapping[str, str]) -> Matrix:
-        try:
-            response = self._session.post(
-                self._settings.url + path,
-                data=params,
-                headers=self._bearer_from_file(),
-                timeout=self._settings.timeout,
+    def syntax_error(self, query: str) -> str | None:
+        """Prometheus's own parse error for ``query``, or None when it parses.
+
+        ``/api/v1/parse_query`` exists from Prometheus 2.45 on; older servers (2.42 here)
+        and many compatible APIs answer 404, so the query then runs as an instant query
+        at Unix time 1, where no data exists: parsing and type checks happen, the
+        evaluation costs nothing. Raises QueryFailed when Prometheus cannot be asked.
+        """
+        probes = (
+            ("/api/v1/parse_query", {"query": query}),
+            ("/api/v1/query", {"query": query, "time": "1", "timeout": f"{self._settings.timeout:g}s"}),
+        )
+        for path, params in probes:
+            response = self._with_retries(path, params)
+            if response.status_code == 404 and path.endswith("parse_query"):
+                continue
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and body.get("status") == "success":
+                return None
+            if isinstance(body, dict) and body.get("errorType") == "bad_data":
+                return str(body.get("error"))
+            raise QueryFailed(
+                _status_reason(response.status_code), f"HTTP {response.status_code} from {path}"
             )
-        except requests.Timeout as exc:
-            raise QueryFailed("timeout", f"no answer within {self._settings.timeout:g}s") from exc
-        except requests.ConnectionError as exc:
-            raise QueryFailed("connection", f"cannot connect to {self._settings.url}: {exc}") from exc
-        except OSError as exc:
-            raise QueryFailed("connection", f"cannot read credentials: {exc}") from exc
-        return _decode(response)
+        return None
+
+    def _with_retries(self, path: str, params: Mapping[str, str]) -> requests.Response:
+        settings = self._settings
+        deadline = self._clock() + settings.deadline
+        for attempt in range(settings.retries + 1):
+            budget = min(settings.timeout, deadline - self._clock())
+            try:
+                return self._post(path, params, budget)
+            except QueryFailed as exc:
+                if exc.reason not in _RETRYABLE_REASONS:
+                    raise
+                pause = settings.backoff * 2**attempt
+                cut_by_deadline = exc.reason == "timeout" and budget < settings.timeout
+                no_time_left = self._clock() + pause >= deadline and attempt < settings.retries
+                if cut_by_deadline or (no_time_left and exc.reason == "timeout"):
+                    raise QueryFailed(
+                        "deadline",
+                        f"no complete answer within the {settings.deadline:g}s query deadline: {exc}",
+                    ) from exc
+                if attempt == settings.retries or no_time_left:
+                    raise
+            self._sleep(pause)
+            if self._attempts.closed.is_set():
+                break
+        raise QueryFailed("shutdown", "abandoned: the daemon is stopping")
+
+    def _post(self, path: str, params: Mapping[str, str], budget: float) -> requests.Response:
+        with self._attempts.attempt(budget) as attempt:
+            try:
+                response = self._session.post(
+                    self._settings.url + path,
+                    data=params,
+                    headers=self._bearer_from_file(),
+                    timeout=budget,
+                    **self._tls,
+                )
+            except (requests.RequestException, OSError) as exc:
+                raise self._failure(exc, attempt.cut, budget) from exc
+        if response.status_code in _RETRYABLE_STATUS or response.status_code >= 500:
+            _decode(response)  # raises the retryable QueryFailed with Prometheus's message
+        return response
+
+    def _failure(self, exc: Exception, cut: str | None, budget: float) -> QueryFailed:
+        """What went wrong, with every URL and configured secret masked."""
+        if cut == "shutdown":
+            return QueryFailed("shutdown", "abandoned: the daemon is stopping")
+        if cut == "deadline" or isinstance(exc, requests.Timeout):
+            return QueryFailed("timeout", f"no complete answer within {budget:g}s")
+        detail = mask(str(exc), self._settings.secrets)
+        if isinstance(exc, requests.exceptions.SSLError):
+            return QueryFailed("tls", f"TLS with {self._url} failed: {detail}")
+        if isinstance(exc, requests.RequestException):
+            return QueryFailed("connection", f"cannot connect to {self._url}: {detail}")
+        return QueryFailed("connection", f"cannot read credentials: {detail}")
+
+    def close(self) -> None:
+        """Abandon every query in flight and refuse new ones (shutdown)."""
+        self._attempts.abort_all()
+        self._session.close()
 
 
 def _decode(response: requests.Response) -> Matrix:
@@ -224,6 +341,56 @@ def align(
     return values, keys, duplicated
 
 
+class ClashLog:
+    """Warns once per change when a signal's series do not map one-to-one onto targets.
+
+    Both clashes are silent in the numbers (the first series wins, unlabelled ones are
+    ignored), and both come from a query aggregated by other labels than the target
+    labels, so the warning names the query and shows label sets that clash.
+    """
+
+    def __init__(self, target_labels: Sequence[str]) -> None:
+        self._labels = tuple(target_labels)
+        self._state: dict[str, tuple[bool, bool]] = {}
+
+    def check(self, signal: str, query: str, metrics: Sequence[dict], keys: Sequence[Key | None]) -> None:
+        """``metrics`` are a matrix's label sets, ``keys`` their target keys (None: a label is missing)."""
+        labelled = [key for key in keys if key is not None]
+        state = (len(set(labelled)) < len(labelled), len(labelled) < len(keys))
+        if state == self._state.get(signal, (False, False)):
+            return
+        self._state[signal] = state
+        where = {"signal": signal, "query": query}
+        if state[0]:
+            log.warning(
+                "several series per target: only the first is used; aggregate the query by the target labels",
+                extra={**where, "target_labels": list(self._labels), "example": _duplicates(metrics, keys)},
+            )
+        if state[1]:
+            example = next(metric for metric, key in zip(metrics, keys, strict=True) if key is None)
+            log.warning(
+                "series without every target label are ignored",
+                extra={
+                    **where,
+                    "target_labels": list(self._labels),
+                    "series": len(keys) - len(labelled),
+                    "example": example,
+                },
+            )
+        if not any(state):
+            log.info("series map onto targets again", extra=where)
+
+
+def _duplicates(metrics: Sequence[dict], keys: Sequence[Key | None]) -> list[dict]:
+    first: dict[Key, dict] = {}
+    for metric, key in zip(metrics, keys, strict=True):
+        if key is not None and key in first:
+            return [first[key], metric]
+        if key is not None:
+            first[key] = metric
+    return []
+
+
 def shard_of(key: Sequence[str], count: int) -> int:
     """The shard a target belongs to: stable across processes and restarts, unlike hash()."""
     digest = hashlib.sha1("\x00".join(key).encode()).digest()
@@ -310,6 +477,7 @@ class PrometheusSource:
         self._templates = settings.signal_templates
         self.signals = tuple(self._templates)
         self._points = round(settings.lookback / settings.step)
+        self._clashes = ClashLog(settings.target_labels)
         self._pool = ThreadPoolExecutor(max_workers=len(self.signals), thread_name_prefix="query")
         # At most two whole-window answers in memory at once: one arriving while one decodes.
         self._whole = threading.Semaphore(2)
@@ -354,13 +522,13 @@ class PrometheusSource:
         for s in failed:
             window.clear(s)
         window.evict()
-        values, keys = window.current(self._settings.max_targets)
+        values, keys, dropped = window.current(self._settings.max_targets)
         targets = tuple(dict(zip(self._settings.target_labels, key, strict=True)) for key in keys)
         frame = Frame(
             values=values, targets=targets, timestamps=window.timestamps.copy(), signals=self.signals
         )
         reported = tuple(error for _, error, _ in sorted(errors, key=lambda e: e[0]))
-        return Fetch(frame=frame, errors=reported)
+        return Fetch(frame=frame, errors=reported, dropped=dropped)
 
     def _history_pays(self, signal: int) -> bool:
         """Without {selector} a history read returns every target's window: worth it only when the
@@ -409,10 +577,20 @@ class PrometheusSource:
         except QueryFailed as exc:
             log.warning("query failed", extra={"signal": signal, "reason": exc.reason, "error": str(exc)})
             return _Outcome(error=QueryError(signal, exc.reason, str(exc)))
-        return self._keyed(signal, result, read, window)
-
-    def _keyed(self, signal: str, result: Matrix, read: _Read, window: RollingWindow) -> _Outcome:
         keys, unlabelled = target_keys(result, self._settings.target_labels)
+        if read.rows is None:  # narrowed reads see a subset: they would flap the clash state
+            self._clashes.check(signal, self._settings.fill(template), result.labels, keys)
+        return self._keyed(signal, result, keys, unlabelled, read, window)
+
+    def _keyed(
+        self,
+        signal: str,
+        result: Matrix,
+        keys: list[Key | None],
+        unlabelled: int,
+        read: _Read,
+        window: RollingWindow,
+    ) -> _Outcome:
         if unlabelled and unlabelled == len(keys):
             labels = ", ".join(self._settings.target_labels)
             message = f"no series carries all target labels ({labels})"
@@ -468,4 +646,6 @@ class PrometheusSource:
         return errors
 
     def close(self) -> None:
+        """Abandon the queries in flight (shutdown); their threads end at once."""
+        self._client.close()
         self._pool.shutdown(wait=False)

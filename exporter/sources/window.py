@@ -106,13 +106,15 @@ class RollingWindow:
         self._row = {key: i for i, key in enumerate(self.keys)}
         return used - len(kept)
 
-    def current(self, limit: int) -> tuple[np.ndarray, list[Key]]:
-        """A copy of the rows with a sample at the newest step in any signal, sorted by key, at most ``limit``.
+    def current(self, limit: int) -> tuple[np.ndarray, list[Key], int]:
+        """A copy of the live rows (a sample at the newest step in any signal), sorted by key, at
+        most ``limit``; and how many live rows did not fit.
 
         A pod that vanished a minute ago still has samples inside the window; exporting it
-        would be a stale series.
+        would be a stale series, and counting it against ``limit`` would keep new pods out.
         """
         values = self.values
         alive = np.flatnonzero(np.isfinite(values[:, -1, :]).any(axis=1))
-        order = sorted(alive.tolist(), key=self.keys.__getitem__)[:limit]
-        return values[order], [self.keys[i] for i in order]
+        order = sorted(alive.tolist(), key=self.keys.__getitem__)
+        kept = order[:limit]
+        return values[kept], [self.keys[i] for i in kept], len(order) - len(kept)

@@ -53,7 +53,7 @@ class Explanations:
     values: np.ndarray  # [targets, features] the model's inputs (NaN where missing)
     contributions: np.ndarray  # [targets, features + 1] SHAP on the margin, last column the bias
     # The cycle explains only targets at risk (NaN rows otherwise); this computes the rest
-    # on demand with the classifier that scored them (FailureClassifier.contributions).
+    # on demand with the bundle that scored them (ModelBundle.explainer).
     explain: Callable[[np.ndarray], np.ndarray] | None = None
 
     def rows(self, rows: np.ndarray) -> np.ndarray:

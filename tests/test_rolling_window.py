@@ -48,6 +48,9 @@ class StoreClient:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    def close(self) -> None:
+        pass
+
     def query_range(self, query: str, start: float, end: float, step: float) -> Matrix:
         signal = query.split("{", 1)[0]
         if signal in self.store.failing:

@@ -137,7 +137,7 @@ class Daemon:
                 anomaly=anomaly,
                 contribution=explained_shares(scores.signal_contributions),
                 explanations=Explanations(
-                    manifest.features, scores.inputs, scores.contributions, bundle.classifier.contributions
+                    manifest.features, scores.inputs, scores.contributions, bundle.explainer.contributions
                 ),
                 drift=self._drift.update(bundle, scores.inputs),
             )

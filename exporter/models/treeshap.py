@@ -131,8 +131,8 @@ class TreeShap:
 
     def _met(self, X: np.ndarray) -> np.ndarray:
         """[rows, leaves] bit set of the path conditions each row meets."""
-        x = np.asarray(X, dtype=np.float32)[:, self.feature]  # [rows, leaves, width]
         with np.errstate(invalid="ignore", over="ignore"):
+            x = np.asarray(X, dtype=np.float32)[:, self.feature]  # [rows, leaves, width]
             x[np.isinf(x)] = np.nan  # XGBoost refuses infinities; here they are missing values
             met = ((x >= self.low) & (x < self.high)) | (np.isnan(x) & self.missing)
         return met @ (1 << np.arange(self.width))

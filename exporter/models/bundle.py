@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from importlib import metadata
@@ -36,6 +35,7 @@ from exporter.features import Features, feature_names, select, signal_weights
 from exporter.models.anomaly import AnomalyDetector
 from exporter.models.classifier import FailureClassifier
 from exporter.models.forest import ForestError
+from exporter.models.staging import done_with, make_staging
 from exporter.models.treeshap import TreeShap, TreeShapError
 
 FORMAT_VERSION = 2
@@ -147,7 +147,7 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     """Write into a sibling temp dir, then rename: readers see the old or the new bundle."""
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = make_staging(target)
     try:
         bundle.classifier.booster_.save_model(staging / CLASSIFIER_FILE)
         bundle.detector.save(staging / DETECTOR_FILE)
@@ -163,6 +163,8 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        done_with(staging)
     return target
 
 

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import yaml
 
 from exporter.cli import main as cli_main
 from exporter.config import BOOTSTRAP_MODEL, load_settings
+from exporter.models.registry import activate
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "failure-predictor"
@@ -308,6 +310,17 @@ def mount_secrets(docs: list[dict[str, Any]], config_text: str, directory: Path)
     return config_text.replace(SECRET_DIR, str(directory))
 
 
+def mount_models(config_text: str, directory: Path) -> str:
+    """What the volume holds once the trainer ran: a models directory whose ``active`` is a bundle
+    (check-config loads model.path, which on this machine is not the pod's volume)."""
+    path = (yaml.safe_load(config_text).get("model") or {}).get("path")
+    if path is None:
+        return config_text
+    shutil.copytree(BOOTSTRAP_MODEL, directory / "bootstrap")
+    activate(directory, "bootstrap")
+    return config_text.replace(path, str(directory))
+
+
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
 def test_configmap_passes_check_config(chart, values_file, tmp_path, capsys, monkeypatch):
     for key in [k for k in os.environ if k.startswith("FAILURE_PREDICTOR_")]:
@@ -317,10 +330,8 @@ def test_configmap_passes_check_config(chart, values_file, tmp_path, capsys, mon
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     config = tmp_path / "config.yaml"
-    text = mount_secrets(docs, configmap["data"]["config.yaml"], secrets)
-    # A models volume (claim or existing volume) holds bundles: stand in with the bootstrap one.
-    text = text.replace(CHART_DEFAULTS["model"]["mountPath"], str(BOOTSTRAP_MODEL))
-    config.write_text(text)
+    config_text = mount_secrets(docs, configmap["data"]["config.yaml"], secrets)
+    config.write_text(mount_models(config_text, tmp_path / "models"))
     assert cli_main(["check-config", str(config)]) == 0
     settings = load_settings(config)
     assert (

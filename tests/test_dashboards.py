@@ -162,10 +162,10 @@ def test_target_detail_signal_panels_mirror_the_daemon_default_queries() -> None
     assert set(plotted) == set(DEFAULT_SIGNALS)
 
     def normalise(expr: str) -> str:
-        expr = re.sub(r"\s+", "", expr).replace('cluster=~"$cluster",', "")
-        expr = expr.replace('{namespace="$namespace",pod="$pod"}', "").replace(
-            'namespace="$namespace",pod="$pod",', ""
-        )
+        """The panel's pod scope is what the daemon's {selector} placeholder (extra matchers) holds."""
+        expr = re.sub(r"\s+", "", expr)
+        expr = expr.replace('cluster=~"$cluster",namespace="$namespace",pod="$pod"}', "{selector}}")
+        expr = expr.replace('cluster=~"$cluster",namespace="$namespace",pod="$pod",', "{selector}")
         return expr.replace("$__rate_interval", "{rate_window}").replace("namespace,pod", "{by}")
 
     for signal, expr in plotted.items():

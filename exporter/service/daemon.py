@@ -116,7 +116,7 @@ class Daemon:
         for error in fetch.errors:
             self.metrics.query_errors.labels(error.signal, error.reason).inc()
         self._note_dropped(fetch.dropped)
-        failed = {error.signal for error in fetch.errors}
+        failed = {error.signal for error in fetch.errors if not error.partial}
         if failed >= set(self.source.signals):
             raise CycleFailed(f"every signal query failed: {fetch.errors[0].message}")
         with self.metrics.cycle_duration.labels("features").time():

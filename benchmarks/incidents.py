@@ -53,7 +53,7 @@ def replay(
         # Rows in time order, every target at each step: the order the daemon sees them in.
         step_of, target_of = np.repeat(steps, targets), np.tile(np.arange(targets), len(steps))
         windows = views[target_of, step_of].transpose(0, 2, 1)
-        scores = bundle.score(window_features(windows, timestamps[step_of], signals), explain=False)
+        scores = bundle.score(window_features(windows, signals), explain=False)
         probability[target_of, step_of] = scores.probability
         anomaly[target_of, step_of] = normaliser.score(rows[target_of], windows, scores.raw_anomaly)
     return probability, anomaly

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -48,6 +48,13 @@ class SelfMetrics:
             "failure_predictor_cycles_total",
             "Scoring cycles run, by outcome (success or failure).",
             ["outcome"],
+            registry=registry,
+        )
+        self.targets_missing_signal = Gauge(
+            "failure_predictor_targets_missing_signal",
+            "Targets scored in the last cycle without any sample of this signal in their window "
+            "(scored from the other signals).",
+            ["signal"],
             registry=registry,
         )
         for stage in STAGES:

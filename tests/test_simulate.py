@@ -92,10 +92,10 @@ def test_memory_leak_reaches_limit_before_oom_incident(busy: History) -> None:
     memory = busy.frame.values[..., MEMORY]
     for incident in incidents_of(busy, "memory_leak"):
         at = index(busy, incident.start)
-        ramp = memory[incident.target, at - 20 : at]
-        assert np.nanmax(ramp[-2:]) >= 0.97
+        ramp = memory[incident.target, at - 40 : at]
+        assert np.nanmax(ramp[-2:]) >= 0.97  # at the limit, or thrashing just under it
         ok = ~np.isnan(ramp)
-        assert np.polyfit(np.arange(20)[ok], ramp[ok], 1)[0] > 0
+        assert np.polyfit(np.arange(40)[ok], ramp[ok], 1)[0] > 0
 
 
 @pytest.mark.parametrize(

@@ -208,7 +208,7 @@ class _Baseline:
             cpu_limited=cpu_limited,
             memory_ceiling=ceiling,
             noise=np.exp(rng.uniform(np.log(0.5), np.log(2.5), targets)),
-            jitter=rng.uniform(0.0, 1.0, (targets, len(SIGNALS))) * np.array([0.2, 0.0, 0.4, 1.0]),
+            jitter=rng.uniform(0.0, 1.0, (targets, len(SIGNALS))) * np.array([0.2, 0.0, 0.4, 0.6]),
             idle=np.where(idle, rng.uniform(0.3, 0.9, targets), 0.0),
             outages=rng.uniform(0.0, 6.0, targets) * step / _DAY,
             reports=reports,
@@ -456,7 +456,7 @@ def _healthy(
     latency = base.latency[:, None] * (1 + 0.5 * diurnal) * np.exp(0.06 * loud * noise[..., 2])
     errors = base.errors[:, None] * np.exp(0.3 * noise[..., 3])
     spikes = np.exp(white)
-    errors = np.minimum(errors * spikes[..., 3], np.maximum(errors, 0.045))
+    errors = np.minimum(errors * spikes[..., 3], np.maximum(errors, 0.03))
     return cpu * spikes[..., 0], memory, latency * spikes[..., 2], errors
 
 
@@ -473,7 +473,13 @@ def _resource_scenarios(
     ceiling = base.memory_ceiling[:, None]
     limited = base.cpu_limited[:, None]
     leak = memory + (ceiling - memory) * p ** (1 + 1.5 * a**2)  # reaches the ceiling exactly at p = 1
-    memory = np.where(running[_LEAK], leak, memory)
+    # Half the leaks end thrashing: pinned just under the limit for their last 15 %, the
+    # garbage collector burning CPU, until the OOM kill (what a flat 98 % looks like).
+    thrashes = b < 0.5
+    pinned = memory + (0.985 * ceiling - memory) * np.minimum(p / 0.85, 1.0) ** (1 + 1.5 * a**2)
+    memory = np.where(running[_LEAK], np.where(thrashes, pinned, leak), memory)
+    gc = running[_LEAK] & thrashes & (p > 0.85)
+    cpu = np.where(gc, cpu * (1 + 3 * (p - 0.85)), cpu)
     # Without a limit the node runs out: a few times the pod's usual cores.
     top = np.where(limited, 1.05 + 0.35 * b, base.cpu[:, None] * (2.5 + 2.5 * b) + 0.2)
     saturation = cpu + (top - cpu) * p ** (1 + a)

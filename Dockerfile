@@ -39,9 +39,6 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
        --shell /usr/sbin/nologin failure-predictor
 
-WORKDIR /opt/failure-predictor
-COPY models/default ./models/default
-
 USER 10001:10001
 EXPOSE 9847
 ENTRYPOINT ["failure-predictor"]

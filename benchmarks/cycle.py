@@ -18,13 +18,11 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from exporter.config import Settings
+from exporter.config import BOOTSTRAP_MODEL, Settings
 from exporter.features import frame_features
 from exporter.models.bundle import load_bundle
 from exporter.service.daemon import Daemon
 from exporter.sources.simulate import SimulatedCluster, SimulateSource
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(targets: int, repeats: int, bundle_path: Path) -> dict[str, float]:
@@ -61,7 +59,7 @@ def main() -> None:
     )
     parser.add_argument("--targets", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--model", type=Path, default=BOOTSTRAP_MODEL)
     args = parser.parse_args()
     print(
         f"{'targets':>8} {'fetch':>9} {'features':>9} {'score':>9} {'cycle':>9} {'/metrics':>9}  (median seconds)"

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from exporter.config import BOOTSTRAP_MODEL
 from exporter.features import reporting, window_features
 from exporter.frame import Frame
 from exporter.models.bundle import ModelBundle, load_bundle
 
-ROOT = Path(__file__).resolve().parent.parent
 SIGNALS = ("cpu", "memory", "latency", "errors")
 LEVELS = np.array([0.3, 0.45, 0.12, 0.002])  # cpu ratio, memory ratio, p99 seconds, error ratio
 SHAPES = ("flat", "noisy", "diurnal")
@@ -87,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--model", type=Path, default=BOOTSTRAP_MODEL)
     args = parser.parse_args()
     result = score_healthy(load_bundle(args.model))
     medians = np.median(result.probability, axis=1)

@@ -36,15 +36,14 @@ import numpy as np
 import yaml
 from numpy.lib.stride_tricks import sliding_window_view
 
-from exporter.config import parse_duration
+from exporter.config import BOOTSTRAP_MODEL, parse_duration
 from exporter.features import window_features
 from exporter.models.bundle import ModelBundle, load_bundle
 from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser
 from exporter.sources.simulate import simulate_history
 from exporter.training.evaluate import event_metrics, threshold_for_false_alarms
 
-ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "rules" / "failure-predictor.rules.yml"
+RULES = Path(__file__).resolve().parent.parent / "rules" / "failure-predictor.rules.yml"
 ANOMALY_THRESHOLD = 0.75  # the AnomalousWorkloadBehaviour alert's
 STEPS_PER_CHUNK = 500
 
@@ -133,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--model", type=Path, default=BOOTSTRAP_MODEL)
     args = parser.parse_args()
     bundle = load_bundle(args.model)
     suites = {

@@ -27,7 +27,11 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.redact import SECRET, mask_url
+
 ENV_PREFIX = "FAILURE_PREDICTOR_"
+# The bootstrap bundle ships inside the package (package data), so the default works from any directory.
+BOOTSTRAP_MODEL = Path(__file__).resolve().parent / "bootstrap_model"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -139,10 +143,16 @@ class BasicAuth(_Strict):
 
 
 class PrometheusSettings(_Strict):
-    """How to reach Prometheus or any API speaking its HTTP query protocol."""
+    """How to reach Prometheus or any API speaking its HTTP query protocol.
+
+    ``timeout`` bounds one attempt from connecting to the last byte of the answer (wall
+    clock, not per read: a proxy dripping one byte a second is cut off), ``deadline`` the
+    whole query, every retry and backoff included, so a cycle's query stage never exceeds it.
+    """
 
     url: str = "http://localhost:9090"
     timeout: Duration = 10.0
+    deadline: Duration = 30.0
     retries: int = Field(default=2, ge=0, le=10)
     backoff: Duration = 0.5
     bearer_token: str | None = None
@@ -150,6 +160,8 @@ class PrometheusSettings(_Strict):
     basic_auth: BasicAuth | None = None
     ca_file: ReadableFile | None = None
     insecure_skip_verify: bool = False
+    cert_file: ReadableFile | None = None
+    key_file: ReadableFile | None = None
     headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("url")
@@ -165,11 +177,29 @@ class PrometheusSettings(_Strict):
         schemes = [self.bearer_token, self.bearer_token_file, self.basic_auth]
         if sum(s is not None for s in schemes) > 1:
             raise ValueError("set at most one of bearer_token, bearer_token_file, basic_auth")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both cert_file and key_file (the client certificate for mTLS), or neither")
+        if self.cert_file is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(self.cert_file, self.key_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"cert_file and key_file are not a usable PEM certificate and key: {exc}"
+                ) from None
         return self
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured value that must never be printed (see exporter/redact.py)."""
+        parsed = urlparse(self.url)
+        found = [parsed.username, parsed.password, self.bearer_token, *self.headers.values()]
+        if self.basic_auth is not None:
+            found.append(self.basic_auth.password)
+        return tuple(value for value in found if value)
 
 
 class ModelSettings(_Strict):
-    path: Path = Path("models/default")
+    path: Path = BOOTSTRAP_MODEL
 
 
 class AnomalyRefitSettings(_Strict):
@@ -418,14 +448,17 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     ):
         if data[section][key] is not None:
             data[section][key] = format_duration(data[section][key])
-    for key in ("timeout", "backoff"):
-        data["prometheus"][key] = format_duration(data["prometheus"][key])
-    if data["prometheus"]["bearer_token"]:
-        data["prometheus"]["bearer_token"] = "<secret>"
-    if data["prometheus"]["basic_auth"] and data["prometheus"]["basic_auth"]["password"]:
-        data["prometheus"]["basic_auth"]["password"] = "<secret>"
+    prometheus = data["prometheus"]
+    for key in ("timeout", "deadline", "backoff"):
+        prometheus[key] = format_duration(prometheus[key])
+    prometheus["url"] = mask_url(prometheus["url"])
+    prometheus["headers"] = dict.fromkeys(prometheus["headers"], SECRET)
+    if prometheus["bearer_token"]:
+        prometheus["bearer_token"] = SECRET
+    if prometheus["basic_auth"] and prometheus["basic_auth"]["password"]:
+        prometheus["basic_auth"]["password"] = SECRET
     if data["api"]["token"]:
-        data["api"]["token"] = "<secret>"
+        data["api"]["token"] = SECRET
     data["signals"] = settings.queries
     data["failure"]["query"] = settings.failure_query
     return data

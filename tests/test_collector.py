@@ -266,7 +266,9 @@ def test_every_target_gone_publishes_an_empty_snapshot(tiny, settings):
     assert daemon.state.last_error is None
     assert series(daemon.registry, "failure_probability") == {}
     assert samples(daemon.registry)[("failure_predictor_cycles_total", labelled({}, outcome="success"))] == 2
-    assert daemon.readiness() == (True, "ok")
+    ready, reason = daemon.readiness()
+    assert ready and reason.startswith("ready, 0 targets")
+    assert samples(daemon.registry)[("failure_predictor_targets", frozenset())] == 0
 
 
 def test_failed_cycle_keeps_the_previous_snapshot_until_it_is_stale(tiny, settings):

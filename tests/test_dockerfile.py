@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exporter import __version__
 from exporter.config import ListenSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,12 +126,12 @@ def test_exposes_the_daemons_default_port():
     assert CHART_VALUES["containerPort"] == ListenSettings().port
 
 
-def test_bootstrap_model_lands_where_the_chart_looks_for_it():
-    workdir = last("WORKDIR").arguments
-    copies = [shlex.split(i.arguments) for i in FINAL if i.keyword == "COPY"]
-    assert ["models/default", "./models/default"] in copies
-    assert (REPO / "models" / "default" / "manifest.json").is_file()
-    assert f"{workdir}/models/default" == CHART_VALUES["model"]["bundledPath"]
+def test_bootstrap_model_comes_with_the_installed_package_not_a_copy():
+    copies = [shlex.split(i.arguments) for stage in STAGES for i in stage if i.keyword == "COPY"]
+    assert all("bootstrap_model" not in " ".join(c) and "models" not in " ".join(c) for c in copies), copies
+    assert PYPROJECT["tool"]["setuptools"]["package-data"]["exporter"] == ["bootstrap_model/*"]
+    assert (REPO / "exporter" / "bootstrap_model" / "manifest.json").is_file()
+    assert CHART_VALUES["model"]["bundledPath"] == "", "the chart serves the package's bundle by default"
 
 
 def test_oci_labels_name_the_image_and_its_version():
@@ -138,4 +139,4 @@ def test_oci_labels_name_the_image_and_its_version():
     for key in ("title", "description", "version", "licenses", "source"):
         assert f"org.opencontainers.image.{key}=" in labels
     version = next(i.arguments for i in FINAL if i.keyword == "ARG" and i.arguments.startswith("VERSION="))
-    assert version == f"VERSION={PYPROJECT['project']['version']}"
+    assert version == f"VERSION={__version__}"

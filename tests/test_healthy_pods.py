@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.cli import DEFAULT_MODEL, resolve_model
+from exporter.config import BOOTSTRAP_MODEL
 from exporter.models.bundle import load_bundle
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "healthy.py"
@@ -27,7 +27,7 @@ def suite():
 
 @pytest.fixture(scope="module")
 def result(suite):
-    return suite.score_healthy(load_bundle(resolve_model(DEFAULT_MODEL)))
+    return suite.score_healthy(load_bundle(BOOTSTRAP_MODEL))
 
 
 def test_healthy_pods_stay_low_whichever_signals_they_lack(suite, result):

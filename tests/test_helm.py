@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from exporter.cli import main as cli_main
-from exporter.config import load_settings
+from exporter.config import BOOTSTRAP_MODEL, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "failure-predictor"
@@ -332,7 +332,7 @@ def daemon_routes() -> set[str]:
     class NoSource:
         signals = ("cpu", "memory", "latency", "errors")
 
-    daemon = Daemon(Settings(), NoSource(), load_bundle(REPO / "models" / "default"))
+    daemon = Daemon(Settings(), NoSource(), load_bundle(BOOTSTRAP_MODEL))
     return {route.path for route in create_app(daemon, run_scheduler=False).routes}
 
 
@@ -431,4 +431,4 @@ def test_trainer_without_persistence_fails_the_render(chart):
 def test_defaults_create_no_operator_objects_and_serve_the_bundled_model(chart):
     docs = render(chart, {})
     assert {d["kind"] for d in docs} == {"Deployment", "Service", "ServiceAccount", "ConfigMap"}
-    assert daemon_config(docs)["model"]["path"] == "/opt/failure-predictor/models/default"
+    assert "model" not in daemon_config(docs), "the daemon's default is the bootstrap bundle in the package"

@@ -18,8 +18,7 @@ from servers import TEST_SPEED, DaemonServer, PrometheusServer
 from test_daemon_prometheus import eventually
 from workload import Workload
 
-from exporter.cli import DEFAULT_MODEL, resolve_model
-from exporter.config import Settings
+from exporter.config import BOOTSTRAP_MODEL, Settings
 from exporter.features import reporting
 from exporter.frame import Frame
 from exporter.models.bundle import load_bundle
@@ -149,7 +148,7 @@ def test_a_target_with_no_signal_at_all_is_neither_scored_nor_exported():
         ("cpu", "memory", "latency", "errors"),
     )
     settings = Settings.model_validate({"target_labels": ["pod"]})
-    daemon = Daemon(settings, _Recorded(frame), load_bundle(resolve_model(DEFAULT_MODEL)))
+    daemon = Daemon(settings, _Recorded(frame), load_bundle(BOOTSTRAP_MODEL))
 
     snapshot = daemon.run_cycle()
 

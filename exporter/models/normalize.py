@@ -39,6 +39,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pyod.models.iforest import IForest
 
+from exporter.models.forest import ArrayForest
+
 EMBED_STEPS = 60  # samples per shape window (the daemon's default window: an hour at 60 s steps)
 MEMORY_STEPS = 10_000  # running statistics: exact up to this many samples, exponential afterwards
 WARMUP_STEPS = 60  # samples a target needs before its score means anything
@@ -51,12 +53,14 @@ TargetKey = tuple[tuple[str, str], ...]
 
 
 @functools.cache
-def null_forest(steps: int = EMBED_STEPS) -> IForest:
-    """Isolation Forest fitted on independent standard-normal windows of ``steps`` samples."""
+def null_forest(steps: int = EMBED_STEPS) -> ArrayForest:
+    """Isolation Forest fitted on independent standard-normal windows of ``steps`` samples, as
+    arrays: every cycle scores all targets x signals in one numpy pass (models/forest.py)."""
     rng = np.random.default_rng(SEED)
-    return IForest(n_estimators=100, max_samples=256, random_state=SEED).fit(
+    fitted = IForest(n_estimators=100, max_samples=256, random_state=SEED).fit(
         rng.standard_normal((NULL_ROWS, steps))
     )
+    return ArrayForest.from_sklearn(fitted.detector_)
 
 
 def target_key(labels: Mapping[str, str]) -> TargetKey:

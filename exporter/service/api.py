@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import unquote
@@ -31,10 +30,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from pydantic import BeforeValidator
 
+from exporter import __version__
 from exporter.config import ApiSettings, format_duration
 from exporter.service.daemon import Daemon, check_compatibility, served_horizon
 from exporter.service.history import ProbabilityHistory, TargetKey, target_key
@@ -58,6 +59,7 @@ OFFLOAD_BYTES = 64 * 1024  # bodies larger than this are parsed in a worker thre
 OFFLOAD_ROWS = 64
 SHUTDOWN_GRACE = 5.0  # seconds in-flight requests get to finish when the daemon stops
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_ASSETS = "/static-offline-docs"  # fastapi-offline's mount for the Swagger UI / ReDoc files
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 LANDING = """<!doctype html>
@@ -159,7 +161,9 @@ class RequestMetrics:
         finally:
             template = getattr(scope.get("route"), "path", None)
             if template is None:  # FastAPI's own docs routes leave no route in the scope
-                template = scope["path"] if scope["path"] in DOCS_PATHS else "unmatched"
+                path = scope["path"]
+                assets = path.startswith(f"{DOCS_ASSETS}/")
+                template = path if path in DOCS_PATHS else DOCS_ASSETS if assets else "unmatched"
             template = template.replace(":path}", "}")
             self.metrics.requests.labels(template, str(status)).inc()
             self.metrics.latency.labels(template).observe(time.perf_counter() - start)
@@ -242,10 +246,12 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
         finally:
             daemon.stop()
 
-    app = FastAPI(
+    # /docs and /redoc serve Swagger UI and ReDoc from fastapi-offline's packaged copies, no CDN.
+    app = FastAPIOffline(
         title="failure-predictor",
         summary="Predicts workload failures from Prometheus series.",
-        version=_version(),
+        version=__version__,
+        swagger_ui_parameters={"validatorUrl": None},  # Swagger UI would ask validator.swagger.io
         lifespan=lifespan,
     )
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -270,7 +276,9 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
     @app.get("/readyz", dependencies=operations)
     def readyz() -> JSONResponse:
         ready, reason = daemon.readiness()
-        return JSONResponse({"ready": ready, "reason": reason}, status_code=200 if ready else 503)
+        snapshot = daemon.state.snapshot
+        body = {"ready": ready, "reason": reason, "targets": 0 if snapshot is None else len(snapshot.targets)}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/api/v1/targets", dependencies=protected)
     def targets(
@@ -558,13 +566,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(item) for item in value]
     return value
-
-
-def _version() -> str:
-    try:
-        return metadata.version("failure-predictor")
-    except metadata.PackageNotFoundError:
-        return "0"
 
 
 def make_server(daemon: Daemon, address: str, port: int) -> uvicorn.Server:

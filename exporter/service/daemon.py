@@ -24,6 +24,7 @@ from exporter.features import absent_signals, frame_features, reporting
 from exporter.frame import Frame
 from exporter.models.bundle import BundleError, ModelBundle
 from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser
+from exporter.redact import first_line, mask
 from exporter.service.collector import SelfMetrics, SnapshotCollector
 from exporter.service.drift import DriftTracker
 from exporter.service.reload import ModelWatcher
@@ -87,10 +88,13 @@ class Daemon:
         )
         self.horizon = format_duration(served_horizon(bundle, settings.step))
         self.on_cycle: list[Callable[[Snapshot], None]] = []
+        self.on_stop: list[Callable[[], None]] = []  # e.g. abandon a refit's queries
         self._drift = DriftTracker()
         self._normaliser: AnomalyNormaliser | None = None
         self._silent: set[str] = set()
         self._clock = clock
+        self._dropped = 0
+        self._stopping = False
         self._scheduler = BackgroundScheduler(daemon=True)
         for problem in check_compatibility(bundle, settings):
             log.warning("model and config differ", extra={"problem": problem})
@@ -104,6 +108,7 @@ class Daemon:
             fetch = self.source.fetch()
         for error in fetch.errors:
             self.metrics.query_errors.labels(error.signal, error.reason).inc()
+        self._note_dropped(fetch.dropped)
         failed = {error.signal for error in fetch.errors}
         if failed >= set(self.source.signals):
             raise CycleFailed(f"every signal query failed: {fetch.errors[0].message}")
@@ -153,6 +158,16 @@ class Daemon:
         self._silent = silent
         return scored
 
+    def _note_dropped(self, dropped: int) -> None:
+        """Targets beyond max_targets go unscored: say so on a gauge, and in the log when it changes."""
+        if dropped != self._dropped:
+            log.warning(
+                "targets over max_targets are not scored" if dropped else "every live target is scored again",
+                extra={"dropped": dropped, "max_targets": self.settings.max_targets},
+            )
+        self._dropped = dropped
+        self.metrics.targets_dropped.set(dropped)
+
     def _anomaly(self, frame: Frame, forest_raw: np.ndarray) -> np.ndarray:
         """``anomaly_score`` of every target against its own history (models/normalize.py);
         a change of signals or window length starts the history afresh."""
@@ -192,7 +207,12 @@ class Daemon:
         try:
             snapshot = self.run_cycle()
         except Exception as exc:
-            self.state.last_error = str(exc)
+            if self._stopping:
+                log.info("cycle abandoned: the daemon is stopping")
+                return
+            # /readyz is unauthenticated: the headline only (native errors carry stack
+            # traces), secrets masked; the log keeps the details.
+            self.state.last_error = mask(first_line(str(exc)), self.settings.prometheus.secrets)
             self.metrics.cycles.labels("failure").inc()
             log.error("cycle failed", extra={"error": str(exc)}, exc_info=not isinstance(exc, CycleFailed))
             return
@@ -214,6 +234,8 @@ class Daemon:
                 False,
                 f"last successful cycle {age:.0f}s ago (stale_after {self.settings.stale_after:g}s){self._because()}",
             )
+        if self.state.snapshot is not None and not self.state.snapshot.targets:
+            return True, "ready, 0 targets: no signal query returned a series with the target labels"
         return True, "ok"
 
     def _because(self) -> str:
@@ -247,5 +269,12 @@ class Daemon:
         )
 
     def stop(self) -> None:
+        """Abandon the queries in flight first, so a hung Prometheus cannot hold the shutdown."""
+        self._stopping = True
+        close = getattr(self.source, "close", None)  # sources holding connections have one
+        if close is not None:
+            close()
+        for hook in self.on_stop:
+            hook()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)

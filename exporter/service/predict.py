@@ -10,8 +10,10 @@ scoring code downstream trusts what it receives.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +45,8 @@ MIN_POINTS = SHORT_SPAN  # fewer points leave the short-span rate and most trend
 MAX_STEP = 7 * 86400.0
 MAX_ERRORS = 50  # reported per response; a batch of 1,000 bad arrays would otherwise echo 100k errors
 DEFAULT_TOP_FEATURES = 5
+INLINE_ROWS = 64  # model calls of up to this many rows run on the event loop (~1-3 ms)
+GATHER_YIELDS = 4  # loop turns a model call waits at most for requests already being read
 
 
 class ApiError(Exception):
@@ -182,6 +186,8 @@ def parse_request(
     except (ValueError, RecursionError) as exc:
         raise ApiError(422, [problem(["body"], f"body is not valid JSON: {exc}", "json_invalid")]) from None
     single = isinstance(doc, dict)
+    if _SURROGATE_ESCAPE.search(body):
+        _refuse_lone_surrogates(doc, ["body"])
     if not single and not isinstance(doc, list):
         raise ApiError(
             422, [problem(["body"], "expected an observation object or a list of them", "type_error")]
@@ -260,6 +266,43 @@ def parse_request(
         steps=np.array([default_step if item.step is None else item.step for _, item in raw]),
         selectors=selectors,
     )
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _refuse_lone_surrogates(doc: Any, root: list[str | int]) -> None:
+    """422 for a string or key holding half a UTF-16 surrogate pair (``"\\ud800"``): JSON
+    allows the escape, but it is no Unicode text and could not even be echoed back in UTF-8.
+    Only bodies that contain such an escape are walked."""
+    stack: list[tuple[Any, list[str | int]]] = [(doc, root)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if not _is_text(value):
+                raise ApiError(422, [problem(where, LONE_SURROGATE, "string_unicode")])
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _is_text(key):
+                    raise ApiError(422, [problem([*where, _escaped(key)], LONE_SURROGATE, "string_unicode")])
+                stack.append((item, [*where, key]))
+        elif isinstance(value, list):
+            stack.extend((item, [*where, index]) for index, item in enumerate(value))
+
+
+LONE_SURROGATE = "contains a lone UTF-16 surrogate (\\ud800-\\udfff): not Unicode text"
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(value: str) -> str:
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _located(error: Mapping[str, Any], where: Callable[..., list[str | int]]) -> dict[str, Any]:
@@ -342,7 +385,7 @@ def describe(
 
 def _explanations(explained: Explained, top_features: int) -> tuple[list[dict], list[dict[str, float]]]:
     contributions, values = explained.contributions, explained.values
-    weights = signal_weights(explained.features, explained.signals)
+    weights = _weights(explained.features, explained.signals)
     by_signal = contributions[:, :-1] @ weights
     unattributed = contributions[:, :-1] @ (weights.sum(axis=1) == 0)
     margin = contributions.sum(axis=1)
@@ -379,6 +422,14 @@ def _explanations(explained: Explained, top_features: int) -> tuple[list[dict], 
     return explanations, feature_maps
 
 
+@functools.lru_cache(maxsize=8)
+def _weights(features: tuple[str, ...], signals: tuple[str, ...]) -> np.ndarray:
+    """signal_weights, once per model rather than once per request (read only)."""
+    weights = signal_weights(features, signals)
+    weights.flags.writeable = False
+    return weights
+
+
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -386,11 +437,14 @@ def _finite(x: float) -> float | None:
 class Scorer:
     """Scores windows for concurrent requests, coalescing them into one model call.
 
-    While one call runs, requests that arrive queue up and the next call takes
-    them all (up to ``max_rows``), so a lone request waits for nothing and a
-    burst of single predictions costs a few batched calls instead of one each.
-    Scoring runs in a worker thread, one call at a time, so the API cannot
-    starve the scoring cycle of CPU with many parallel model calls.
+    The drain runs as a task: requests whose bodies are already readable when the
+    first arrives are parsed before it starts and join its call, and while a call
+    runs, newcomers queue up for the next one (up to ``max_rows``). A lone request
+    waits for nothing and a burst of single predictions costs a few batched calls
+    instead of one each. Calls of up to ``INLINE_ROWS`` rows run on the event loop
+    (a thread hop costs as much as the call); larger ones in a worker thread, one
+    at a time, so /metrics keeps answering and the API cannot starve the scoring
+    cycle of CPU with many parallel model calls.
     """
 
     def __init__(self, max_rows: int) -> None:
@@ -410,13 +464,23 @@ class Scorer:
 
     async def _drain(self) -> None:
         while self._queue:
+            # Let request handlers that are already runnable reach the queue: their bodies
+            # arrived with this one, and one call for all is cheaper than one call each.
+            for _ in range(GATHER_YIELDS):
+                waiting = len(self._queue)
+                await asyncio.sleep(0)
+                if len(self._queue) == waiting:
+                    break
             batch = [self._queue.popleft()]
             rows = len(batch[0].values)
             while self._queue and self._queue[0].bundle is batch[0].bundle and rows < self.max_rows:
                 rows += len(self._queue[0].values)
                 batch.append(self._queue.popleft())
             try:
-                results = await anyio.to_thread.run_sync(_score_jobs, batch)
+                if rows <= INLINE_ROWS:
+                    results = _score_jobs(batch)  # ~1 ms: a thread hop would cost as much again
+                else:
+                    results = await anyio.to_thread.run_sync(_score_jobs, batch)
             except Exception as exc:
                 for job in batch:
                     if not job.result.done():

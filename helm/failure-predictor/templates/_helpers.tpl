@@ -89,6 +89,7 @@ app.kubernetes.io/part-of: failure-predictor
 {{- end }}
 {{- $modelPath := .Values.model.bundledPath }}
 {{- if include "failure-predictor.modelVolume" . }}{{- $modelPath = .Values.model.mountPath }}{{- end }}
-{{- $managed := dict "prometheus" $prom "listen" (dict "address" "0.0.0.0" "port" (int .Values.containerPort)) "model" (dict "path" $modelPath) "shard" (dict "index" 0 "count" (int .Values.shards)) }}
+{{- $managed := dict "prometheus" $prom "listen" (dict "address" "0.0.0.0" "port" (int .Values.containerPort)) "shard" (dict "index" 0 "count" (int .Values.shards)) }}
+{{- if $modelPath }}{{- $_ := set $managed "model" (dict "path" $modelPath) }}{{- end }}
 {{- toYaml (merge $managed (deepCopy .Values.config)) }}
 {{- end }}

@@ -104,7 +104,9 @@ def window_features(values: np.ndarray, signals: Sequence[str]) -> Features:
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         # One pass over every (row, signal) series: the fixed cost of each numpy call is paid
         # once per batch, not once per signal (it dominates a single API prediction).
-        stats = _signal_stats(values.transpose(0, 2, 1).reshape(rows * count, steps))
+        # Contiguous rows, so each series sums the same way whatever the batch: a target scores
+        # bit-for-bit alike alone (the API) and among all targets (the cycle).
+        stats = _signal_stats(np.ascontiguousarray(values.transpose(0, 2, 1).reshape(rows * count, steps)))
         for index, signal in enumerate(signals):
             columns.update(
                 {f"{signal}_{name}": v.reshape(rows, count)[:, index] for name, v in stats.items()}

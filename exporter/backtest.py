@@ -86,7 +86,7 @@ def score_rows(
         rows = slice(begin, min(begin + chunk_rows, len(recording)))
         windows = views[recording.row_target[rows], recording.row_slot[rows]].transpose(0, 2, 1).copy()
         windows[:, -1] = recording.row_values[rows]
-        features = window_features(windows, recording.row_time[rows], frame.signals)
+        features = window_features(windows, frame.signals)
         scores = bundle.score(features, explain=False)
         anomaly = normaliser.score(recording.row_target[rows], windows, scores.raw_anomaly)
         yield rows, replace(scores, anomaly=anomaly)

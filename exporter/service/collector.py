@@ -80,6 +80,13 @@ class SelfMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.targets_missing_signal = Gauge(
+            "failure_predictor_targets_missing_signal",
+            "Targets scored in the last cycle without any sample of this signal in their window "
+            "(scored from the other signals).",
+            ["signal"],
+            registry=registry,
+        )
         self.targets_dropped = Gauge(
             "failure_predictor_targets_dropped",
             "Live targets not scored in the last cycle because there are more than max_targets.",

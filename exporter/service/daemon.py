@@ -20,7 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from exporter.config import Settings, format_duration
-from exporter.features import frame_features
+from exporter.features import absent_signals, frame_features, reporting
 from exporter.frame import Frame
 from exporter.models.bundle import BundleError, ModelBundle
 from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser
@@ -98,6 +98,7 @@ class Daemon:
         self.on_stop: list[Callable[[], None]] = []  # e.g. abandon a refit's queries
         self._drift = DriftTracker()
         self._normaliser: AnomalyNormaliser | None = None
+        self._silent: set[str] = set()
         self._clock = clock
         self._explain_from = risk_floor(settings.explain_min_risk)
         self._dropped = 0
@@ -120,19 +121,20 @@ class Daemon:
         if failed >= set(self.source.signals):
             raise CycleFailed(f"every signal query failed: {fetch.errors[0].message}")
         with self.metrics.cycle_duration.labels("features").time():
-            features = frame_features(fetch.frame)
+            frame = self._scored_targets(fetch.frame, failed)
+            features = frame_features(frame)
         with self.metrics.cycle_duration.labels("score").time():
             scores = bundle.score(features, explain_from=self._explain_from)
-            anomaly = self._anomaly(fetch.frame, scores.raw_anomaly)
+            anomaly = self._anomaly(frame, scores.raw_anomaly)
         with self.metrics.cycle_duration.labels("publish").time():
             manifest = bundle.manifest
             snapshot = Snapshot(
                 created_at=self._clock(),
-                data_time=fetch.frame.end,
+                data_time=frame.end,
                 horizon=self.horizon,
                 model=ModelInfo(manifest.version, manifest.trained_at, manifest.kind),
                 signals=manifest.signals,
-                targets=fetch.frame.targets,
+                targets=frame.targets,
                 probability=scores.probability,
                 anomaly=anomaly,
                 contribution=explained_shares(scores.signal_contributions),
@@ -144,6 +146,27 @@ class Daemon:
             self.state.snapshot = snapshot
             self.state.last_success = snapshot.created_at
         return snapshot
+
+    def _scored_targets(self, frame: Frame, failed: set[str]) -> Frame:
+        """The targets that report any signal, with how many lack each signal on the self-metric
+        and one warning when a signal starts (or stops) returning nothing for every target."""
+        scored = reporting(frame)
+        absent = absent_signals(scored.values)
+        for signal, count in zip(frame.signals, absent.sum(axis=0), strict=True):
+            self.metrics.targets_missing_signal.labels(signal).set(int(count))
+        silent = {
+            s for s, none in zip(frame.signals, absent_signals(frame.values).all(axis=0), strict=True) if none
+        }
+        for signal in sorted(silent - self._silent):
+            reason = "its query failed" if signal in failed else "its query returned no data"
+            log.warning(
+                "signal returns nothing: scoring every target without it",
+                extra={"signal": signal, "reason": reason},
+            )
+        for signal in sorted(self._silent - silent):
+            log.info("signal returns data again", extra={"signal": signal})
+        self._silent = silent
+        return scored
 
     def _note_dropped(self, dropped: int) -> None:
         """Targets beyond max_targets go unscored: say so on a gauge, and in the log when it changes."""

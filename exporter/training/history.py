@@ -223,6 +223,7 @@ class HistoryReader:
                 self.options.window_steps,
                 self.options.horizon_steps,
                 self.options.stride,
+                self.options.partial_history_share,
                 self.options.seed,
             ],
             "rows_per_chunk": self._rows_per_chunk,

@@ -71,6 +71,7 @@ BURST_STEPS = 100  # a step must beat the previous this-many steps' evidence to 
 Z_CLIP = 50.0  # standardised samples beyond this are "far", however far
 BAND_Z = 3.0  # signal_expected: the band a normal sample leaves with probability 0.27 %
 NULL_ROWS = 10_000  # standard-normal windows the null forest is fitted on
+SEASONS = ("daily",)  # the profiles a normaliser keeps unless told otherwise
 SEASON_BINS = {"daily": 48, "weekly": 168}  # bins per period: 30 min of a day, 1 h of a week
 PERIOD_SECONDS = {"daily": 86_400.0, "weekly": 604_800.0}
 SEASON_MIN_PERIODS = 2.0  # periods watched before a profile may be used
@@ -253,7 +254,7 @@ class AnomalyNormaliser:
         signals: Sequence[str],
         embed_steps: int = EMBED_STEPS,
         step: float = 60.0,
-        seasons: Sequence[str] = ("daily",),
+        seasons: Sequence[str] | None = None,
         workload_of: WorkloadOf | None = None,
     ) -> None:
         self.signals = tuple(signals)
@@ -267,7 +268,8 @@ class AnomalyNormaliser:
         self._values = RunningStats(len(self.signals))
         self._raw = RunningStats(len(self.signals) + 1)  # shape per signal, then the bundle forest
         self._seasons = [
-            SeasonalProfile(len(self.signals), PERIOD_SECONDS[name], SEASON_BINS[name]) for name in seasons
+            SeasonalProfile(len(self.signals), PERIOD_SECONDS[name], SEASON_BINS[name])
+            for name in (SEASONS if seasons is None else seasons)
         ]
         self._recent = np.zeros((0, BURST_STEPS))
         self._first = np.zeros(0)  # time of each row's first sample (NaN: none yet)

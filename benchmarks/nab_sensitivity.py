@@ -1,8 +1,8 @@
 """NAB score of the shipped anomaly_score with one constant of exporter/models/normalize.py changed.
 
-    python benchmarks/nab_sensitivity.py BURST_STEPS 200      # or MEMORY_STEPS, WARMUP_STEPS, EMBED_STEPS
+    python benchmarks/nab_sensitivity.py BURST_STEPS 200      # or any name in CONSTANTS below
 
-Shows how much the chosen configuration owes to each of its constants (the README's "Every
+Shows how much the chosen configuration owes to each of its constants (docs/nab.md's "Every
 configuration tried" lists the results); the shipped value is the module's.
 """
 

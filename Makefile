@@ -1,16 +1,18 @@
 .PHONY: demo test bootstrap-model benchmark lint chart-sync
 
-# Install and run the daemon on a simulated cluster: http://127.0.0.1:9847/
+# Install into .venv and run the daemon on a simulated cluster: http://127.0.0.1:9847/
+# Options go through ARGS: make demo ARGS="--cycles 5 --port 9900"
 demo:
-	./scripts/demo
+	./scripts/demo $(ARGS)
 
-# Install everything (Debian Prometheus/Alertmanager when missing, pip packages) and run all tests.
+# Install everything (Debian Prometheus/Alertmanager when missing, the package into .venv) and run
+# all tests; pytest options go through ARGS: make test ARGS="-x tests/test_demo.py"
 test:
-	./scripts/test
+	./scripts/test $(ARGS)
 
-# Rebuild the shipped bootstrap model (deterministic; ~30 s).
+# Rebuild the shipped bootstrap model, package data of exporter (deterministic; ~30 s).
 bootstrap-model:
-	failure-predictor train --source simulate --out models/default --targets 48 --days 12 --seed 0
+	failure-predictor train --source simulate --out exporter/bootstrap_model --targets 48 --days 12 --seed 0
 
 benchmark:
 	python3 benchmarks/cycle.py --targets 1000 10000

@@ -1,4 +1,4 @@
-"""Requests per second and p50/p99 latency of POST /api/v1/predict on this machine.
+"""Requests per second and p50/p99 latency of POST /api/v1/predict, against the seeds' plain server.
 
     python benchmarks/api.py                      # starts `failure-predictor demo` on a free port
     python benchmarks/api.py --url http://host:9847 [--token T]   # an already running daemon
@@ -7,8 +7,12 @@ Raw-value observations (a full window of every signal, random walks) are sent
 over keep-alive HTTP/1.1 connections: single predictions from one client (pure
 latency) and from several concurrent clients (throughput; concurrent requests
 are coalesced into one model call by the server), then batches of 100 and 1,000.
-The server and this client share the machine's cores, so the figures are a
-floor for a dedicated host.
+
+In the same run the same client loads the seeds' design, FastAPI + one XGBoost model
+on seven scalars (``--reference``, default ../shared/bench/seed_api_reference.py,
+started beside the daemon with uvicorn), and the ratios daemon / reference are
+printed. The servers and this client share the machine's cores (and, here, with
+other jobs), so only the ratios within one run mean anything.
 """
 
 from __future__ import annotations
@@ -25,10 +29,25 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT.parent.parent / "shared" / "bench" / "seed_api_reference.py"
+REFERENCE_BODY = json.dumps(
+    {
+        "cpu_usage": 85,
+        "memory_usage": 90,
+        "disk_usage": 45,
+        "network_latency_ms": 120,
+        "error_count": 5,
+        "response_time_ms": 800,
+        "active_connections": 150,
+    }
+).encode()
 
 
 def observations(count: int, window: int, signals: list[str], seed: int = 0) -> list[dict[str, Any]]:
@@ -57,26 +76,33 @@ class Client:
         response = self.connection.getresponse()
         return response.status, response.read()
 
-    def post(self, body: bytes) -> float:
+    def post(self, body: bytes, path: str = "/api/v1/predict") -> float:
         start = time.perf_counter()
-        status, data = self.request("POST", "/api/v1/predict", body)
+        status, data = self.request("POST", path, body)
         elapsed = time.perf_counter() - start
         if status != 200:
             raise RuntimeError(f"HTTP {status}: {data[:300]!r}")
         return elapsed
 
 
-def run(url: str, token: str | None, bodies: list[bytes], clients: int, seconds: float) -> dict[str, float]:
+def run(
+    url: str,
+    token: str | None,
+    bodies: list[bytes],
+    clients: int,
+    seconds: float,
+    path: str = "/api/v1/predict",
+) -> dict[str, Any]:
     """Send ``bodies`` round-robin from ``clients`` threads for ``seconds``; latency and rate."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = time.perf_counter() + seconds
 
     def work(index: int) -> None:
         client = Client(url, token)
-        client.post(bodies[0])  # connect outside the measurement
+        client.post(bodies[0], path)  # connect outside the measurement
         i = index
         while time.perf_counter() < stop:
-            latencies[index].append(client.post(bodies[i % len(bodies)]))
+            latencies[index].append(client.post(bodies[i % len(bodies)], path))
             i += clients
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
@@ -86,13 +112,8 @@ def run(url: str, token: str | None, bodies: list[bytes], clients: int, seconds:
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
-    every = sorted(x for per_client in latencies for x in per_client)
-    return {
-        "requests": len(every),
-        "rps": len(every) / elapsed,
-        "p50": statistics.median(every),
-        "p99": every[min(len(every) - 1, int(0.99 * len(every)))],
-    }
+    every = [x for per_client in latencies for x in per_client]
+    return merged([{"latencies": every, "elapsed": elapsed}]) | {"latencies": every, "elapsed": elapsed}
 
 
 def free_port() -> int:
@@ -119,6 +140,37 @@ def demo_server() -> Any:
         process.wait(timeout=30)
 
 
+@contextmanager
+def reference_server(script: Path) -> Any:
+    """The seeds' plain FastAPI + XGBoost server (``script``) under uvicorn on a free port."""
+    port = free_port()
+    app = [f"{script.stem}:app", "--app-dir", str(script.parent)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", *app, "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: Client(url, None).request("POST", "/predict", REFERENCE_BODY)[0] == 200, timeout=60
+        )
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def reference_bodies(count: int, seed: int = 0) -> list[bytes]:
+    """The reference's seven scalars, random but plausible."""
+    rng = np.random.default_rng(seed)
+    names = list(json.loads(REFERENCE_BODY))
+    scale = np.array([100, 100, 100, 500, 20, 2000, 500])
+    return [
+        json.dumps(dict(zip(names, row.round(3).tolist(), strict=True))).encode()
+        for row in rng.random((count, 7)) * scale
+    ]
+
+
 def wait_until(ready: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -131,8 +183,35 @@ def wait_until(ready: Callable[[], bool], timeout: float) -> None:
     raise RuntimeError("the server did not become ready")
 
 
-def measure(url: str, token: str | None, seconds: float, clients: int) -> list[tuple[str, dict[str, float]]]:
-    status, data = Client(url, token).request("GET", "/api/v1/model")
+def interleaved(
+    ours: tuple[str, list[bytes], str], theirs: tuple[str, list[bytes], str], clients: int, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both servers loaded in alternating one-second slices, so a shared, noisy machine's load
+    drifts over both alike; each is loaded for ``seconds`` in all."""
+    slices: list[list[dict[str, Any]]] = [[], []]
+    for _ in range(max(1, round(seconds))):
+        for side, (url, bodies, path) in enumerate((ours, theirs)):
+            slices[side].append(run(url, None if side else TOKEN[0], bodies, clients, 1.0, path))
+    return merged(slices[0]), merged(slices[1])
+
+
+def merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    every = sorted(x for part in parts for x in part["latencies"])
+    return {
+        "requests": len(every),
+        "rps": len(every) / sum(part["elapsed"] for part in parts),
+        "p50": statistics.median(every),
+        "p99": every[min(len(every) - 1, int(0.99 * len(every)))],
+    }
+
+
+TOKEN: list[str | None] = [None]
+
+
+def measure(
+    url: str, reference: str, seconds: float, clients: int
+) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    status, data = Client(url, TOKEN[0]).request("GET", "/api/v1/model")
     if status != 200:
         raise RuntimeError(f"GET /api/v1/model: HTTP {status}: {data[:300]!r}")
     model = json.loads(data)
@@ -140,11 +219,14 @@ def measure(url: str, token: str | None, seconds: float, clients: int) -> list[t
     singles = [json.dumps(item).encode() for item in pool]
     batch_100 = [json.dumps(pool[i : i + 100]).encode() for i in range(0, 2000, 100)]
     batch_1000 = [json.dumps(pool[:1000]).encode(), json.dumps(pool[1000:]).encode()]
+    ours, theirs = (url, singles, "/api/v1/predict"), (reference, reference_bodies(2000), "/predict")
+    one = interleaved(ours, theirs, 1, seconds)
+    many = interleaved(ours, theirs, clients, seconds)
     return [
-        ("single, 1 client", run(url, token, singles, 1, seconds)),
-        (f"single, {clients} clients", run(url, token, singles, clients, seconds)),
-        ("batch of 100, 1 client", {**run(url, token, batch_100, 1, seconds), "items": 100}),
-        ("batch of 1,000, 1 client", {**run(url, token, batch_1000, 1, seconds), "items": 1000}),
+        ("single, 1 client", *one),
+        (f"single, {clients} clients", *many),
+        ("batch of 100, 1 client", {**run(url, TOKEN[0], batch_100, 1, seconds), "items": 100}, None),
+        ("batch of 1,000, 1 client", {**run(url, TOKEN[0], batch_1000, 1, seconds), "items": 1000}, None),
     ]
 
 
@@ -160,16 +242,29 @@ def main() -> None:
     parser.add_argument(
         "--clients", type=int, default=16, help="concurrent clients for throughput (default 16)"
     )
+    parser.add_argument("--reference", type=Path, default=REFERENCE, help="the seeds' server script")
     args = parser.parse_args()
-    with demo_server() if args.url is None else _given(args.url) as url:
-        results = measure(url, args.token, args.seconds, args.clients)
-    print(f"{'POST /api/v1/predict':<26} {'requests/s':>10} {'items/s':>9} {'p50':>9} {'p99':>9}")
-    for name, result in results:
+    TOKEN[0] = args.token
+    with (
+        demo_server() if args.url is None else _given(args.url) as url,
+        reference_server(args.reference) as reference,
+    ):
+        results = measure(url, reference, args.seconds, args.clients)
+    print(
+        f"{'POST /api/v1/predict':<26} {'requests/s':>10} {'items/s':>9} {'p50':>9} {'p99':>9}   seeds' server"
+    )
+    for name, result, seed in results:
         items = result["rps"] * result.get("items", 1)
-        print(
+        line = (
             f"{name:<26} {result['rps']:>10,.0f} {items:>9,.0f} "
             f"{result['p50'] * 1000:>7.1f}ms {result['p99'] * 1000:>7.1f}ms"
         )
+        if seed is not None:
+            line += (
+                f"   {seed['rps']:,.0f}/s, p50 {seed['p50'] * 1000:.1f}ms, p99 {seed['p99'] * 1000:.1f}ms: "
+                f"ratio {result['rps'] / seed['rps']:.2f}x"
+            )
+        print(line)
 
 
 @contextmanager

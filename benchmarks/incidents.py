@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from exporter.config import BOOTSTRAP_MODEL
 from exporter.features import window_features
 from exporter.models.bundle import ModelBundle, load_bundle
 from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser
@@ -31,7 +32,6 @@ from exporter.sources.simulate import simulate_history
 from exporter.training.evaluate import ALERT_THRESHOLD, event_metrics
 from exporter.training.labels import failure_starts
 
-ROOT = Path(__file__).resolve().parent.parent
 ANOMALY_THRESHOLD = 0.75  # the AnomalousWorkloadBehaviour alert's
 STEPS_PER_CHUNK = 500
 
@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--model", type=Path, default=BOOTSTRAP_MODEL)
     args = parser.parse_args()
     bundle = load_bundle(args.model)
     suites = {

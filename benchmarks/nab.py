@@ -446,7 +446,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from exporter import backtest as bt
-    from exporter.cli import DEFAULT_MODEL, resolve_model
+    from exporter.config import BOOTSTRAP_MODEL
     from exporter.models.bundle import load_bundle
     from exporter.models.registry import resolve
     from exporter.sources.files import FilesSource
@@ -456,7 +456,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = args.out or Path(scratch)
         started = time.perf_counter()
         source = FilesSource(bt.nab_files(root), bt.NAB_COLUMNS)
-        bundle = load_bundle(resolve(resolve_model(args.model or DEFAULT_MODEL)))
+        bundle = load_bundle(resolve(args.model or BOOTSTRAP_MODEL))
         summary = bt.run_backtest(source, bundle, out, "nab", bt.DEFAULT_DETECTOR)
         backtested = time.perf_counter()
         print(
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline.set_defaults(handler=cmd_baseline)
     run = commands.add_parser("run", help="backtest our anomaly_score on all files, then score it")
     run.add_argument("--out", type=Path, help="keep the result files here (default: a temporary directory)")
-    run.add_argument("--model", type=Path, help="model bundle (default models/default)")
+    run.add_argument("--model", type=Path, help="model bundle (default: the bootstrap bundle)")
     run.set_defaults(handler=cmd_run)
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the exporter package impo
 import nab  # noqa: E402
 
 from exporter import backtest as bt  # noqa: E402
+from exporter.config import BOOTSTRAP_MODEL  # noqa: E402
 from exporter.models import normalize  # noqa: E402
 from exporter.models.bundle import load_bundle  # noqa: E402
 from exporter.sources.files import FilesSource  # noqa: E402
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     setattr(normalize, args.constant, args.value)
     if args.constant == "EMBED_STEPS":
         bt.EMBED_STEPS = args.value  # the backtest imported the name
-    bundle = load_bundle(ROOT / "models" / "default")
+    bundle = load_bundle(BOOTSTRAP_MODEL)
     corpus = nab.load_corpus()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nab-") as out:

@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
-from exporter import logs
-from exporter.config import ConfigError, Settings, effective_config, load_settings
+from exporter import __version__, logs
+from exporter.config import BOOTSTRAP_MODEL, ConfigError, Settings, effective_config, load_settings
 from exporter.models.bundle import BundleError, load_bundle, save_bundle
 from exporter.models.registry import activate, list_versions, resolve
 from exporter.progress import reporter
+from exporter.redact import mask_url
 from exporter.service.api import make_server
-from exporter.service.daemon import Daemon
+from exporter.service.daemon import Daemon, check_compatibility
 from exporter.service.reload import ModelWatcher
 from exporter.sources.prometheus import PrometheusSource
 from exporter.training.evaluate import format_report
@@ -25,8 +27,6 @@ from exporter.training.history import HistoryError
 from exporter.training.incidents import IncidentsError
 
 EXIT_USAGE = 2
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = Path("models/default")
 
 log = logging.getLogger("exporter")
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask_url(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except BundleError as exc:
         print(f"error: cannot load model bundle: {exc}", file=sys.stderr)
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="failure-predictor",
         description="Predict workload failures from Prometheus series and re-export them as metrics.",
     )
+    parser.add_argument("--version", action="version", version=f"failure-predictor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon against Prometheus")
@@ -69,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--cycles", type=int, default=0, help="stop after this many cycles (default: run until Ctrl-C)"
     )
     demo.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help="model bundle (default models/default)"
+        "--model",
+        type=Path,
+        default=BOOTSTRAP_MODEL,
+        help="model bundle (default: the bootstrap bundle in the package)",
     )
     demo.set_defaults(handler=cmd_demo)
 
@@ -127,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and print the effective config")
     check.add_argument("config", type=Path, nargs="?", help="YAML config file")
+    check.add_argument(
+        "--offline", action="store_true", help="do not ask Prometheus to check the PromQL syntax"
+    )
     check.set_defaults(handler=cmd_check_config)
 
     backtest = commands.add_parser("backtest", help="score recorded series (CSV or the NAB corpus) per row")
@@ -145,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--step", help="grid step, e.g. 5m (default: the median spacing of each file)")
     backtest.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help="model bundle (default models/default)"
+        "--model",
+        type=Path,
+        default=BOOTSTRAP_MODEL,
+        help="model bundle (default: the bootstrap bundle in the package)",
     )
     backtest.add_argument("--format", choices=["csv", "nab"], help="csv, or nab (the default with --nab)")
     backtest.add_argument("--out", type=Path, required=True, help="output directory")
@@ -157,27 +167,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_model(path: Path) -> Path:
-    """A relative bundle path is looked up in the working directory, then next to the package."""
-    if path.is_absolute() or path.exists():
-        return path
-    beside_package = PACKAGE_ROOT / path
-    return beside_package if beside_package.exists() else path
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Print the effective config; exit 2 when the model or a query would stop ``run``."""
     settings = load_settings(args.config)
     print(yaml.safe_dump(effective_config(settings), sort_keys=False), end="")
-    return 0
+    problems = model_problems(settings)
+    if not args.offline:
+        problems += query_problems(settings)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return EXIT_USAGE if problems else 0
+
+
+def model_problems(settings: Settings) -> list[str]:
+    """``run`` loads model.path before anything else: check it loads, and fits the config."""
+    try:
+        bundle = load_bundle(resolve(settings.model.path))
+    except BundleError as exc:
+        return [f"model.path: {exc}"]
+    for problem in check_compatibility(bundle, settings):
+        print(f"warning: model and config differ: {problem}", file=sys.stderr)
+    return []
+
+
+def query_problems(settings: Settings) -> list[str]:
+    """Every signal query and the failure query, parsed by the configured Prometheus itself."""
+    from exporter.sources.prometheus import PrometheusClient, QueryFailed
+
+    seconds = min(settings.prometheus.timeout, 5.0)
+    quick = settings.prometheus.model_copy(update={"retries": 0, "timeout": seconds, "deadline": seconds})
+    client = PrometheusClient(quick)
+    queries = {f"signals.{name}": query for name, query in settings.queries.items()}
+    if settings.failure_query is not None:
+        queries["failure.query"] = settings.failure_query
+    problems = []
+    try:
+        for key, query in queries.items():
+            error = client.syntax_error(query)
+            if error is not None:
+                problems.append(f"{key}: PromQL does not parse: {error}\n  query: {query}")
+    except QueryFailed as exc:
+        print(
+            f"warning: the PromQL syntax was not checked: cannot ask Prometheus at "
+            f"{mask_url(settings.prometheus.url)} ({exc.reason}: {exc}); use --offline to skip this check",
+            file=sys.stderr,
+        )
+    finally:
+        client.close()
+    return problems
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    logs.configure(settings.log_level)
-    model_path = resolve_model(settings.model.path)
+    logs.configure(settings.log_level, settings.prometheus.secrets)
+    model_path = settings.model.path
     serving = resolve(model_path)
     bundle = load_bundle(serving)
-    log.info("starting", extra={"prometheus": settings.prometheus.url, "model": bundle.manifest.version})
+    log.info(
+        "starting", extra={"prometheus": mask_url(settings.prometheus.url), "model": bundle.manifest.version}
+    )
     daemon = Daemon(settings, PrometheusSource(settings), bundle, watcher=ModelWatcher(model_path, serving))
     schedule_refits(daemon, settings, model_path)
     make_server(daemon, settings.listen.address, settings.listen.port).run()
@@ -189,6 +237,7 @@ def schedule_refits(daemon: Daemon, settings: Settings, models_dir: Path) -> Non
     from exporter.training.refit import Refitter
 
     refitter = Refitter(settings, models_dir, lambda: daemon.state.bundle)
+    daemon.on_stop.append(refitter.close)
     if settings.anomaly.refit_every is not None:
         daemon.schedule(refitter.refit_anomaly, settings.anomaly.refit_every, "anomaly-refit")
     if settings.retrain.every is not None:
@@ -199,7 +248,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from exporter.demo import run_demo
 
     logs.configure("warning")
-    return run_demo(load_bundle(resolve_model(args.model)), args)
+    return run_demo(load_bundle(args.model), args)
 
 
 def _add_range(parser: argparse.ArgumentParser) -> None:
@@ -216,6 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from exporter.training import workflow
 
     logs.configure("warning")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if args.activate and args.models_dir is None:
         raise ConfigError("--activate needs --models-dir")
     try:
@@ -241,11 +291,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """Unwind like Ctrl-C, so a bundle being written removes its staging directory."""
+    raise SystemExit(128 + signum)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from exporter.training import workflow
 
     logs.configure("warning")
-    bundle = load_bundle(resolve(resolve_model(args.bundle)))
+    bundle = load_bundle(resolve(args.bundle))
     settings = load_settings(args.config)
     try:
         span = workflow.time_range(args.since, args.start, args.end)
@@ -288,8 +343,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
 
 def cmd_models_activate(args: argparse.Namespace) -> int:
-    path = activate(args.directory, args.version)
-    load_bundle(path)
+    activate(args.directory, args.version)
     print(f"active: {args.version}")
     return 0
 
@@ -315,7 +369,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             source = FilesSource(paths, columns or bt.NAB_COLUMNS, step)
         else:
             source = FilesSource(args.input, columns, step)
-        bundle = load_bundle(resolve(resolve_model(args.model)))
+        bundle = load_bundle(resolve(args.model))
         output_format = args.format or ("nab" if args.nab else "csv")
         detector = args.detector or bt.DEFAULT_DETECTOR
         summary = bt.run_backtest(source, bundle, args.out, output_format, detector, reporter("backtest"))

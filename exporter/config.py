@@ -27,7 +27,11 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.redact import SECRET, mask_url
+
 ENV_PREFIX = "FAILURE_PREDICTOR_"
+# The bootstrap bundle ships inside the package (package data), so the default works from any directory.
+BOOTSTRAP_MODEL = Path(__file__).resolve().parent / "bootstrap_model"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -91,23 +95,25 @@ ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
 
 DEFAULT_SIGNALS: dict[str, str] = {
     # Placeholders: {by} is the comma-separated target labels, {rate_window} the
-    # configured rate window. CPU falls back to cores used when a pod has no limit.
+    # configured rate window, {selector} label matchers (with a trailing comma) that the
+    # source fills to read only some targets (new pods, one shard), empty otherwise.
+    # CPU falls back to cores used when a pod has no limit.
     "cpu": (
-        '(sum by ({by}) (rate(container_cpu_usage_seconds_total{container!="",container!="POD"}[{rate_window}]))'
-        ' / sum by ({by}) (kube_pod_container_resource_limits{resource="cpu"}))'
-        ' or sum by ({by}) (rate(container_cpu_usage_seconds_total{container!="",container!="POD"}[{rate_window}]))'
+        '(sum by ({by}) (rate(container_cpu_usage_seconds_total{{selector}container!="",container!="POD"}[{rate_window}]))'
+        ' / sum by ({by}) (kube_pod_container_resource_limits{{selector}resource="cpu"}))'
+        ' or sum by ({by}) (rate(container_cpu_usage_seconds_total{{selector}container!="",container!="POD"}[{rate_window}]))'
     ),
     "memory": (
-        'sum by ({by}) (container_memory_working_set_bytes{container!="",container!="POD"})'
-        ' / sum by ({by}) (kube_pod_container_resource_limits{resource="memory"})'
+        'sum by ({by}) (container_memory_working_set_bytes{{selector}container!="",container!="POD"})'
+        ' / sum by ({by}) (kube_pod_container_resource_limits{{selector}resource="memory"})'
     ),
     "latency": (
-        "histogram_quantile(0.99, sum by ({by}, le) (rate(http_request_duration_seconds_bucket[{rate_window}])))"
+        "histogram_quantile(0.99, sum by ({by}, le) (rate(http_request_duration_seconds_bucket{{selector}}[{rate_window}])))"
     ),
     "errors": (
-        '(sum by ({by}) (rate(http_requests_total{code=~"5.."}[{rate_window}]))'
-        " or sum by ({by}) (rate(http_requests_total[{rate_window}])) * 0)"
-        " / sum by ({by}) (rate(http_requests_total[{rate_window}]))"
+        '(sum by ({by}) (rate(http_requests_total{{selector}code=~"5.."}[{rate_window}]))'
+        " or sum by ({by}) (rate(http_requests_total{{selector}}[{rate_window}])) * 0)"
+        " / sum by ({by}) (rate(http_requests_total{{selector}}[{rate_window}]))"
     ),
 }
 CORE_SIGNALS = tuple(DEFAULT_SIGNALS)
@@ -139,10 +145,16 @@ class BasicAuth(_Strict):
 
 
 class PrometheusSettings(_Strict):
-    """How to reach Prometheus or any API speaking its HTTP query protocol."""
+    """How to reach Prometheus or any API speaking its HTTP query protocol.
+
+    ``timeout`` bounds one attempt from connecting to the last byte of the answer (wall
+    clock, not per read: a proxy dripping one byte a second is cut off), ``deadline`` the
+    whole query, every retry and backoff included, so a cycle's query stage never exceeds it.
+    """
 
     url: str = "http://localhost:9090"
     timeout: Duration = 10.0
+    deadline: Duration = 30.0
     retries: int = Field(default=2, ge=0, le=10)
     backoff: Duration = 0.5
     bearer_token: str | None = None
@@ -150,6 +162,8 @@ class PrometheusSettings(_Strict):
     basic_auth: BasicAuth | None = None
     ca_file: ReadableFile | None = None
     insecure_skip_verify: bool = False
+    cert_file: ReadableFile | None = None
+    key_file: ReadableFile | None = None
     headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("url")
@@ -165,11 +179,29 @@ class PrometheusSettings(_Strict):
         schemes = [self.bearer_token, self.bearer_token_file, self.basic_auth]
         if sum(s is not None for s in schemes) > 1:
             raise ValueError("set at most one of bearer_token, bearer_token_file, basic_auth")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both cert_file and key_file (the client certificate for mTLS), or neither")
+        if self.cert_file is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(self.cert_file, self.key_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"cert_file and key_file are not a usable PEM certificate and key: {exc}"
+                ) from None
         return self
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured value that must never be printed (see exporter/redact.py)."""
+        parsed = urlparse(self.url)
+        found = [parsed.username, parsed.password, self.bearer_token, *self.headers.values()]
+        if self.basic_auth is not None:
+            found.append(self.basic_auth.password)
+        return tuple(value for value in found if value)
 
 
 class ModelSettings(_Strict):
-    path: Path = Path("models/default")
+    path: Path = BOOTSTRAP_MODEL
 
 
 class AnomalyRefitSettings(_Strict):
@@ -268,12 +300,19 @@ class ApiSettings(_Strict):
         return self
 
 
+# failure_probability_contribution (exact SHAP) is computed for targets at this risk or above.
+RiskName = Literal["minimal", "low", "medium", "high", "critical"]
+
+
 class ShardSettings(_Strict):
     """Score only this replica's share of the targets, so several replicas split a large cluster.
 
-    Every replica runs the same queries and keeps the targets whose stable hash modulo ``count``
-    is ``index``; together they score every target exactly once. The Helm chart's StatefulSet
-    sets ``FAILURE_PREDICTOR_SHARD__INDEX`` from each pod's ordinal.
+    Every replica keeps the targets whose stable hash (SHA-1 of the target label values) modulo
+    ``count`` is ``index``; together they score every target exactly once. PromQL cannot hash,
+    so each replica reads the newest steps of every target (to learn who exists) and the
+    window's history only for its own, through the ``{selector}`` placeholder of the signal
+    queries (README "Sharding"). The Helm chart's StatefulSet sets
+    ``FAILURE_PREDICTOR_SHARD__INDEX`` from each pod's ordinal.
     """
 
     index: int = Field(default=0, ge=0)
@@ -306,6 +345,9 @@ class Settings(_Strict):
     max_targets: int = Field(default=10_000, ge=1)
     shard: ShardSettings = Field(default_factory=ShardSettings)
     stale_after: Duration = 300.0
+    full_refresh: Duration = 1800.0
+    reread_steps: int = Field(default=2, ge=1, le=100)
+    explain_min_risk: RiskName = "low"
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 
     @field_validator("target_labels")
@@ -356,18 +398,25 @@ class Settings(_Strict):
     @property
     def queries(self) -> dict[str, str]:
         """Effective PromQL per signal: defaults, then user overrides, placeholders filled."""
+        return {name: self.fill(query) for name, query in self.signal_templates.items()}
+
+    @property
+    def signal_templates(self) -> dict[str, str]:
+        """The enabled signals' PromQL before placeholders are filled (the source fills {selector})."""
         merged: dict[str, str | None] = {**DEFAULT_SIGNALS, **self.signals}
-        return {name: self.fill(query) for name, query in merged.items() if query is not None}
+        return {name: query for name, query in merged.items() if query is not None}
 
     @property
     def failure_query(self) -> str | None:
         """The failure definition's PromQL with placeholders filled, if there is one."""
         return None if self.failure.query is None else self.fill(self.failure.query)
 
-    def fill(self, query: str) -> str:
-        """Replace {by} with the target labels and {rate_window} with the rate window."""
+    def fill(self, query: str, selector: str = "") -> str:
+        """Replace {by} with the target labels, {rate_window} with the rate window and {selector}
+        with ``selector`` (label matchers ending in a comma, or nothing: every target)."""
         by = ",".join(self.target_labels)
-        return query.replace("{by}", by).replace("{rate_window}", format_duration(self.rate_window))
+        filled = query.replace("{by}", by).replace("{rate_window}", format_duration(self.rate_window))
+        return filled.replace("{selector}", selector)
 
 
 def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -431,7 +480,7 @@ def describe_errors(exc: ValidationError) -> str:
 def effective_config(settings: Settings) -> dict[str, Any]:
     """The settings as plain YAML-able data, durations as strings, secrets masked."""
     data = settings.model_dump(mode="json")
-    for key in ("interval", "lookback", "step", "rate_window", "horizon", "stale_after"):
+    for key in ("interval", "lookback", "step", "rate_window", "horizon", "stale_after", "full_refresh"):
         data[key] = format_duration(data[key])
     for section, key in (
         ("anomaly", "refit_every"),
@@ -444,14 +493,17 @@ def effective_config(settings: Settings) -> dict[str, Any]:
             data[section][key] = format_duration(data[section][key])
     if data["anomaly"]["warmup"]:
         data["anomaly"]["warmup"] = format_duration(data["anomaly"]["warmup"])
-    for key in ("timeout", "backoff"):
-        data["prometheus"][key] = format_duration(data["prometheus"][key])
-    if data["prometheus"]["bearer_token"]:
-        data["prometheus"]["bearer_token"] = "<secret>"
-    if data["prometheus"]["basic_auth"] and data["prometheus"]["basic_auth"]["password"]:
-        data["prometheus"]["basic_auth"]["password"] = "<secret>"
+    prometheus = data["prometheus"]
+    for key in ("timeout", "deadline", "backoff"):
+        prometheus[key] = format_duration(prometheus[key])
+    prometheus["url"] = mask_url(prometheus["url"])
+    prometheus["headers"] = dict.fromkeys(prometheus["headers"], SECRET)
+    if prometheus["bearer_token"]:
+        prometheus["bearer_token"] = SECRET
+    if prometheus["basic_auth"] and prometheus["basic_auth"]["password"]:
+        prometheus["basic_auth"]["password"] = SECRET
     if data["api"]["token"]:
-        data["api"]["token"] = "<secret>"
+        data["api"]["token"] = SECRET
     data["signals"] = settings.queries
     data["failure"]["query"] = settings.failure_query
     return data

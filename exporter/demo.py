@@ -9,6 +9,8 @@ warn before a failure starts.
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 from typing import TextIO
 
@@ -39,7 +41,15 @@ def demo_settings(bundle: ModelBundle, args: argparse.Namespace) -> Settings:
     )
 
 
-def print_table(snapshot: Snapshot, cluster: SimulatedCluster, out: TextIO, rows: int = 10) -> None:
+def listen(address: str, port: int) -> socket.socket:
+    """The demo's listening socket, bound before anything prints, so a busy port fails first.
+
+    Handing this socket to uvicorn leaves no window for another process to take the port."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return socket.create_server((address, port), family=family)
+
+
+def print_table(snapshot: Snapshot, cluster: SimulatedCluster, out: TextIO, url: str, rows: int = 10) -> None:
     truth = cluster.scenarios()
     order = sorted(range(len(snapshot.targets)), key=lambda row: -snapshot.probability[row])[:rows]
     levels = snapshot.risk
@@ -61,7 +71,8 @@ def print_table(snapshot: Snapshot, cluster: SimulatedCluster, out: TextIO, rows
             f"anomaly 'warm N': N samples of history so far; the score is shrunk until {SETTLED_STEPS} "
             "(the demo has no Prometheus history to warm up from)\n"
         )
-    out.write("\n")
+    # Repeated under every table: clearing the screen wiped the one printed at start.
+    out.write(f"serving {url}  (/metrics, /api/v1/targets, /docs; Ctrl-C to stop)\n\n")
     out.flush()
 
 
@@ -74,24 +85,34 @@ def anomaly_cell(snapshot: Snapshot, row: int) -> str:
 
 
 def run_demo(bundle: ModelBundle, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    try:
+        listener = listen(args.address, args.port)
+    except OSError as exc:
+        print(
+            f"error: cannot listen on {args.address}:{args.port}: {os.strerror(exc.errno) if exc.errno else exc} "
+            "(another demo running? choose one with --port)",
+            file=sys.stderr,
+        )
+        return 1
     settings = demo_settings(bundle, args)
     cluster = SimulatedCluster(
         targets=args.targets, seed=args.seed, step=settings.step, incident_rate=DEMO_INCIDENT_RATE
     )
     source = SimulateSource(cluster, window=bundle.manifest.window_steps)
     daemon = Daemon(settings, source, bundle)
-    base = f"http://{args.address}:{args.port}"
-    out.write(f"failure-predictor demo: {base}/metrics, {base}/api/v1/targets (Ctrl-C to stop)\n")
+    host = f"[{args.address}]" if ":" in args.address else args.address
+    url = f"http://{host}:{args.port}/"
+    out.write(f"failure-predictor demo: serving {url} (Ctrl-C to stop)\n")
     server = make_server(daemon, args.address, args.port)
     cycles = 0
 
     def on_cycle(snapshot: Snapshot) -> None:
         nonlocal cycles
         cycles += 1
-        print_table(snapshot, cluster, out)
+        print_table(snapshot, cluster, out, url)
         if args.cycles and cycles >= args.cycles:
             server.should_exit = True
 
     daemon.on_cycle.append(on_cycle)
-    server.run()
+    server.run(sockets=[listener])
     return 0

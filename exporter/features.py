@@ -22,6 +22,8 @@ SHORT_SPAN = 10  # steps: the "recent" part of the window for short-span rates
 EDGE = 5  # steps averaged at each end of the window for the long-span rate
 LIMITED_SIGNALS = ("cpu", "memory")  # signals expressed as a fraction of a limit
 EXHAUSTION_CAP = 1000.0  # steps; "not approaching the limit" is reported as this
+# Both models read float32: a feature beyond its range is as unusable as an infinity.
+FEATURE_LIMIT = float(np.finfo(np.float32).max)
 PER_SIGNAL = (
     "last",
     "mean",
@@ -69,15 +71,33 @@ def frame_features(frame: Frame) -> Features:
 def window_features(values: np.ndarray, ends: np.ndarray, signals: Sequence[str]) -> Features:
     """Features of ``values[rows, time, signals]`` windows ending at ``ends[rows]`` (Unix s)."""
     columns: dict[str, np.ndarray] = {}
-    with np.errstate(invalid="ignore", divide="ignore"):
+    rows, steps, count = values.shape
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # One pass over every (row, signal) series: the fixed cost of each numpy call is paid
+        # once per batch, not once per signal (it dominates a single API prediction).
+        stats = _signal_stats(values.transpose(0, 2, 1).reshape(rows * count, steps))
         for index, signal in enumerate(signals):
-            stats = _signal_stats(values[:, :, index])
-            columns.update({f"{signal}_{name}": column for name, column in stats.items()})
+            columns.update(
+                {f"{signal}_{name}": v.reshape(rows, count)[:, index] for name, v in stats.items()}
+            )
         columns.update(_cross_signal(columns, values, signals))
     columns.update(_time_of_day(ends))
     names = feature_names(signals)
     matrix = np.column_stack([columns[name] for name in names]) if len(values) else np.empty((0, len(names)))
-    return Features(values=matrix.astype(np.float64, copy=False), names=names)
+    return Features(values=missing_if_unusable(matrix.astype(np.float64, copy=False)), names=names)
+
+
+def missing_if_unusable(matrix: np.ndarray) -> np.ndarray:
+    """Mark as missing (NaN) every feature that overflowed, here or in the models' float32.
+
+    One absurd sample (1e308 in one pod's cpu) makes that pod's std, slope or products
+    infinite; XGBoost and the forest refuse a whole matrix holding one such cell, which
+    would stop scoring for every target. NaN is what both read as "unknown", so only the
+    cells that overflowed, of that target only, lose their value.
+    """
+    with np.errstate(invalid="ignore"):
+        matrix[~(np.abs(matrix) <= FEATURE_LIMIT)] = np.nan
+    return matrix
 
 
 def _signal_stats(x: np.ndarray) -> dict[str, np.ndarray]:

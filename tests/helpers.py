@@ -7,9 +7,13 @@ module saves its own copy where it needs files.
 from __future__ import annotations
 
 import functools
+import json
+import os
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 
-from exporter.models.bundle import ModelBundle
+from exporter.models.bundle import MANIFEST, ModelBundle, manifest_digest, sha256
 from exporter.sources.simulate import History, simulate_history
 from exporter.training.dataset import Dataset, TrainingOptions, build_dataset
 from exporter.training.train import train_bundle
@@ -32,3 +36,28 @@ def train_tiny_bundle() -> Tiny:
     dataset = build_dataset(history.frame, history.failed, OPTIONS)
     bundle = train_bundle(dataset, history.frame.signals, STEP, OPTIONS, "trained", {"source": "tests"})
     return Tiny(bundle=bundle, history=history, dataset=dataset)
+
+
+class Payload:
+    """What the fault matrix planted in a bundle: unpickling it runs a shell command that leaves
+    ``marker`` behind, so a test can tell whether anything unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def resign_manifest(bundle: Path, **changes: object) -> None:
+    """Change manifest fields and rewrite its digest, as a careful forger would."""
+    path = bundle / MANIFEST
+    manifest = json.loads(path.read_text()) | changes
+    path.write_text(json.dumps(manifest | {"digest": manifest_digest(manifest)}))
+
+
+def plant_pickle(bundle: Path, name: str, marker: Path) -> None:
+    """Write a code-running pickle as ``name`` and make its checksum and the digest match it."""
+    (bundle / name).write_bytes(pickle.dumps(Payload(marker)))
+    files = json.loads((bundle / MANIFEST).read_text())["files"]
+    resign_manifest(bundle, files=files | {name: sha256(bundle / name)})

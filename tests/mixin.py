@@ -47,6 +47,7 @@ from servers import (
 )
 from workload import Workload
 
+from exporter.config import BOOTSTRAP_MODEL
 from exporter.demo import DEMO_INCIDENT_RATE, demo_settings
 from exporter.models.bundle import ModelBundle, load_bundle
 from exporter.service.api import make_server
@@ -59,7 +60,7 @@ RULE_TESTS = REPO / "rules" / "tests" / "failure-predictor.rules.test.yml"
 ALERTMANAGER_EXAMPLE = REPO / "rules" / "alertmanager-example.yml"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
-MODEL = REPO / "models" / "default"
+MODEL = BOOTSTRAP_MODEL
 
 JOB = "failure-predictor"
 # Metrics that rules or dashboards may use before the exporter exports them: name -> why.

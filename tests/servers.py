@@ -13,11 +13,13 @@ import atexit
 import ctypes
 import http.server
 import json
+import math
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -186,6 +188,21 @@ class _ServerProcess(Served):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def seconds_to_exit(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> float:
+        """Send ``signum`` and time the exit; after ``timeout`` kill it and return infinity."""
+        if self._process is None:
+            raise RuntimeError(f"{self.name} is not running")
+        started = time.monotonic()
+        self._process.send_signal(signum)
+        try:
+            self._process.wait(timeout)
+            elapsed = time.monotonic() - started
+        except subprocess.TimeoutExpired:
+            elapsed = math.inf
+            self._process.kill()
+        self.stop()
+        return elapsed
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Poll the ready path; fail early if the process exits, and show its log either way."""
@@ -412,7 +429,12 @@ class AuthProxy:
     daemon sends and how many queries it makes.
     """
 
-    def __init__(self, upstream: str, required_headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        required_headers: Mapping[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.upstream = upstream
         self.required = dict(required_headers or {})
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -452,7 +474,10 @@ class AuthProxy:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        if tls is not None:  # TLS in front of the real Prometheus, as an ingress or sidecar proxy
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        scheme = "http" if tls is None else "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def paths(self) -> list[str]:
@@ -484,3 +509,84 @@ class SilentServer:
         for connection in self.connections:
             connection.close()
         self._socket.close()
+
+
+class TextExporter(Served):
+    """Serves ``text`` (Prometheus text exposition) at ``/metrics``; tests change it at will.
+
+    For faults the fake workload cannot produce: absurd values, clashing label sets,
+    series that appear and vanish on cue.
+    """
+
+    def __init__(self, text: str = "") -> None:
+        self.text = text
+        exporter = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = exporter.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> Self:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class DripProxy:
+    """A real proxy that relays Prometheus's whole answer (status line, headers, body) one
+    byte every ``interval`` seconds: never idle long enough to trip a per-read timeout."""
+
+    def __init__(self, upstream: str, interval: float = 0.2) -> None:
+        self.upstream = upstream
+        self.interval = interval
+        self.dripping = 0
+        self._closed = threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = requests.post(
+                    proxy.upstream + self.path,
+                    data=body,
+                    headers={"Content-Type": self.headers.get("Content-Type", "")},
+                    timeout=10,
+                )
+                head = f"HTTP/1.1 {answer.status_code} OK\r\nContent-Type: application/json\r\n"
+                head += f"Content-Length: {len(answer.content)}\r\n\r\n"
+                proxy.dripping += 1
+                for byte in head.encode() + answer.content:
+                    if proxy._closed.wait(proxy.interval):
+                        return
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.shutdown()
+        self._server.server_close()

@@ -13,13 +13,14 @@ import pytest
 
 from exporter import cli
 from exporter.backtest import NAB_COLUMNS, NAB_DIR_ENV, BacktestError, nab_dir, run_backtest, score_rows
+from exporter.config import BOOTSTRAP_MODEL
 from exporter.features import frame_features
 from exporter.frame import Frame
 from exporter.models.bundle import ModelBundle, load_bundle
 from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser
 from exporter.sources.files import FilesError, FilesSource, read_recording
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+MODEL = BOOTSTRAP_MODEL
 NAB_FILE = Path("realKnownCause") / "ec2_request_latency_system_failure.csv"  # has repeated timestamps
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import Tiny
+from helpers import Payload, Tiny, plant_pickle, resign_manifest
 
 from exporter import cli
 from exporter.features import Features, window_features
@@ -20,9 +21,11 @@ from exporter.models.bundle import (
     CLASSIFIER_FILE,
     DETECTOR_FILE,
     MANIFEST,
+    PICKLED_DETECTOR,
     BundleError,
     ModelBundle,
     load_bundle,
+    manifest_digest,
     save_bundle,
     sha256,
 )
@@ -51,12 +54,6 @@ def flip_one_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def edit_manifest(bundle: Path, **changes: object) -> None:
-    path = bundle / MANIFEST
-    manifest = json.loads(path.read_text())
-    path.write_text(json.dumps(manifest | changes))
-
-
 def test_round_trip_gives_identical_scores(tiny, saved, rows):
     loaded = load_bundle(saved)
 
@@ -64,7 +61,9 @@ def test_round_trip_gives_identical_scores(tiny, saved, rows):
     np.testing.assert_array_equal(after.probability, before.probability)
     np.testing.assert_array_equal(after.anomaly, before.anomaly)
     np.testing.assert_array_equal(after.contributions, before.contributions)
-    assert loaded.manifest == dataclasses.replace(tiny.bundle.manifest, files=loaded.manifest.files)
+    assert loaded.manifest == dataclasses.replace(
+        tiny.bundle.manifest, files=loaded.manifest.files, digest=loaded.manifest.digest
+    )
     assert set(loaded.manifest.files) == {CLASSIFIER_FILE, DETECTOR_FILE}
 
 
@@ -110,17 +109,17 @@ def test_manifest_that_is_not_an_object_is_rejected(copy):
         load_bundle(copy)
 
 
-@pytest.mark.parametrize("version", [2, 0, None, "1"])
+@pytest.mark.parametrize("version", [3, 0, None, "2"])
 def test_unsupported_format_version_is_rejected(copy, version):
-    edit_manifest(copy, format_version=version)
+    resign_manifest(copy, format_version=version)
 
-    with pytest.raises(BundleError, match=rf"format_version {version!r} is not supported \(expected 1\)"):
+    with pytest.raises(BundleError, match=rf"format_version {version!r} is not supported \(expected 2\)"):
         load_bundle(copy)
 
 
 def test_manifest_with_a_different_feature_list_is_rejected(copy, tiny):
     features = [name if name != "cpu_mean" else "cpu_median" for name in tiny.dataset.names]
-    edit_manifest(copy, features=features)
+    resign_manifest(copy, features=features)
 
     with pytest.raises(BundleError) as error:
         load_bundle(copy)
@@ -134,7 +133,7 @@ def test_manifest_with_a_different_feature_list_is_rejected(copy, tiny):
 def test_manifest_missing_a_field_is_rejected(copy):
     manifest = json.loads((copy / MANIFEST).read_text())
     del manifest["calibration"]
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    (copy / MANIFEST).write_text(json.dumps(manifest | {"digest": manifest_digest(manifest)}))
 
     with pytest.raises(BundleError, match="manifest fields are wrong"):
         load_bundle(copy)
@@ -145,9 +144,85 @@ def test_checksum_that_matches_a_foreign_file_still_fails_on_load(copy):
     (copy / CLASSIFIER_FILE).write_bytes(b"not an xgboost model")
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["files"][CLASSIFIER_FILE] = sha256(copy / CLASSIFIER_FILE)
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    resign_manifest(copy, files=manifest["files"])
 
     with pytest.raises(BundleError, match=r"classifier\.ubj: XGBoost cannot load it"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("calibration", [5.0, 3.0]), ("version", "someone-else"), ("reference", {}), ("horizon_seconds", 60.0)],
+)
+def test_an_edited_manifest_field_fails_the_digest(copy, field, value):
+    path = copy / MANIFEST
+    path.write_text(json.dumps(json.loads(path.read_text()) | {field: value}))
+
+    with pytest.raises(BundleError, match=r"manifest\.json: digest mismatch"):
+        load_bundle(copy)
+
+
+def test_a_format_1_bundle_with_a_pickle_payload_is_refused_without_running_it(copy, tmp_path):
+    marker = tmp_path / "pwned"
+    (copy / DETECTOR_FILE).unlink()
+    plant_pickle(copy, PICKLED_DETECTOR, marker)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    del manifest["files"][DETECTOR_FILE]
+    resign_manifest(copy, format_version=1, files=manifest["files"])
+    assert not marker.exists()
+
+    with pytest.raises(BundleError, match=r"format_version 1 bundles keep the anomaly detector as a pickle"):
+        load_bundle(copy)
+    with pytest.raises(BundleError, match="Retrain the model"):
+        load_bundle(copy)
+    assert not marker.exists()
+    pickle.loads((copy / PICKLED_DETECTOR).read_bytes())  # the payload works: a fair witness
+    assert marker.exists()
+
+
+def test_a_pickle_in_place_of_the_detector_arrays_is_refused_without_running_it(copy, tmp_path):
+    marker = tmp_path / "pwned"
+    plant_pickle(copy, DETECTOR_FILE, marker)
+
+    with pytest.raises(BundleError, match=r"detector\.npz: not an anomaly detector"):
+        load_bundle(copy)
+    assert not marker.exists()
+
+
+def test_an_object_array_inside_the_detector_file_is_refused_without_running_it(copy, tmp_path):
+    marker = tmp_path / "pwned"
+    with np.load(copy / DETECTOR_FILE) as arrays:
+        contents = dict(arrays)
+    contents["fill"] = np.array([Payload(marker)], dtype=object)
+    with (copy / DETECTOR_FILE).open("wb") as handle:
+        np.savez(handle, **contents)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    resign_manifest(copy, files=manifest["files"] | {DETECTOR_FILE: sha256(copy / DETECTOR_FILE)})
+
+    with pytest.raises(BundleError, match=r"detector\.npz: not an anomaly detector: .*allow_pickle"):
+        load_bundle(copy)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "field, damage",
+    [
+        ("forest_left", lambda a: np.where(a > 0, 0, a)),  # children pointing back: a walk that never ends
+        ("forest_feature", lambda a: a + 1000),  # a column the rows do not have
+        ("fill", lambda a: a[:-1]),  # imputation for one feature too few
+        ("forest_threshold", lambda a: np.full_like(a, np.nan)),
+    ],
+)
+def test_detector_arrays_that_are_not_a_forest_are_refused(copy, field, damage):
+    with np.load(copy / DETECTOR_FILE) as arrays:
+        contents = dict(arrays)
+    contents[field] = damage(contents[field])
+    with (copy / DETECTOR_FILE).open("wb") as handle:
+        np.savez(handle, **contents)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    resign_manifest(copy, files=manifest["files"] | {DETECTOR_FILE: sha256(copy / DETECTOR_FILE)})
+
+    with pytest.raises(BundleError, match=r"detector\.npz: not an anomaly detector"):
         load_bundle(copy)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -52,8 +53,8 @@ def test_demo_serves_metrics_and_prints_differing_probabilities() -> None:
     ]
     assert len(exported) == 40
     assert all(labels["namespace"] and labels["pod"] and labels["horizon"] == "30m" for labels in exported)
-    assert f"http://127.0.0.1:{port}/metrics" in output
     last_table = output.rsplit("riskiest of", 1)[1]
+    assert f"serving http://127.0.0.1:{port}/ " in last_table, "the URL survives the screen being cleared"
     probabilities = [float(p) for p in re.findall(r"^\S+/\S+\s+([01]\.\d{3}) ", last_table, re.MULTILINE)]
     assert len(probabilities) == 10
     assert probabilities == sorted(probabilities, reverse=True)
@@ -62,3 +63,20 @@ def test_demo_serves_metrics_and_prints_differing_probabilities() -> None:
     first_table = output.split("riskiest of", 2)[1]
     assert re.search(r"\swarm 1\s", first_table), first_table  # a target's first cycle says it warms up
     assert "samples of history so far" in first_table  # ... and what that means
+
+
+def test_busy_port_is_one_clear_error_before_any_table() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        demo = subprocess.run(
+            [sys.executable, "-m", "exporter", "demo", "--cycles", "1", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert demo.returncode == 1
+    assert "riskiest" not in demo.stdout
+    assert demo.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another demo running? choose one with --port)"
+    ]

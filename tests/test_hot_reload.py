@@ -7,12 +7,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import train_tiny_bundle
+from helpers import plant_pickle, resign_manifest, train_tiny_bundle
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_settings
-from exporter.models.bundle import CLASSIFIER_FILE, ModelBundle, load_bundle, save_bundle
+from exporter.models.bundle import (
+    CLASSIFIER_FILE,
+    DETECTOR_FILE,
+    PICKLED_DETECTOR,
+    ModelBundle,
+    load_bundle,
+    save_bundle,
+)
 from exporter.models.registry import activate, resolve
 from exporter.service.daemon import Daemon
 from exporter.service.reload import ModelWatcher
@@ -51,6 +58,14 @@ def daemon(models: Path) -> Daemon:
     )
 
 
+def link_active(models: Path, version: str) -> None:
+    """Point ``active`` by hand, as ``ln -sfn`` would: ``activate`` refuses a bundle that cannot load,
+    but the daemon must still refuse one that reaches it another way."""
+    staging = models / ".active.by-hand"
+    staging.symlink_to(version)
+    staging.rename(models / "active")
+
+
 def serving_version(daemon: Daemon) -> str:
     [(labels, value)] = sample(daemon, "failure_predictor_model_info")
     assert value == 1
@@ -78,7 +93,7 @@ def test_corrupt_bundle_is_refused_once_and_the_previous_keeps_serving(daemon: D
     data[len(data) // 2] ^= 0xFF
     classifier.write_bytes(data)
     daemon.cycle()
-    activate(models, "v3")
+    link_active(models, "v3")
 
     daemon.cycle()
     daemon.cycle()
@@ -99,5 +114,25 @@ def test_dangling_active_link_is_refused_and_counted(daemon: Daemon, models: Pat
 
     daemon.cycle()
 
+    assert serving_version(daemon) == "v1"
+    assert load_errors(daemon) == 1
+
+
+def test_a_pickled_detector_is_refused_on_hot_reload_without_running_it(
+    daemon: Daemon, models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The fault matrix's payload: a format-1 bundle whose detector.joblib runs a shell command
+    # when unpickled, with a matching checksum. It must never be opened.
+    marker = tmp_path_factory.mktemp("witness") / "pwned"
+    shutil.copytree(models / "v2", models / "v3")
+    (models / "v3" / DETECTOR_FILE).unlink()
+    plant_pickle(models / "v3", PICKLED_DETECTOR, marker)
+    resign_manifest(models / "v3", format_version=1)
+    daemon.cycle()
+    link_active(models, "v3")
+
+    daemon.cycle()
+
+    assert not marker.exists()
     assert serving_version(daemon) == "v1"
     assert load_errors(daemon) == 1

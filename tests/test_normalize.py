@@ -11,6 +11,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from exporter.backtest import NAB_COLUMNS, NAB_DIR_ENV, nab_dir, score_rows
+from exporter.config import BOOTSTRAP_MODEL
 from exporter.models.bundle import load_bundle
 from exporter.models.normalize import (
     BURST_STEPS,
@@ -22,7 +23,7 @@ from exporter.models.normalize import (
 )
 from exporter.sources.files import read_recording
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+MODEL = BOOTSTRAP_MODEL
 NAB_FILE = Path("realKnownCause") / "machine_temperature_system_failure.csv"
 A, B = {"pod": "a"}, {"pod": "b"}
 

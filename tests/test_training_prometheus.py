@@ -20,7 +20,7 @@ from backfill import FAILURE_QUERY, SIGNAL_QUERIES, create_blocks, write_openmet
 from servers import PrometheusServer, promtool_bin
 
 from exporter.cli import main
-from exporter.config import AnomalyRefitSettings, RetrainSettings, load_settings
+from exporter.config import BOOTSTRAP_MODEL, AnomalyRefitSettings, RetrainSettings, load_settings
 from exporter.models.bundle import ModelBundle, load_bundle, save_bundle
 from exporter.models.registry import activate, list_versions, resolve
 from exporter.sources.prometheus import plan_chunks
@@ -113,7 +113,7 @@ def test_evaluate_rescores_an_existing_bundle_on_another_period(
         "--end",
         f"{history.frame.timestamps[-1]:.0f}",
     ]
-    code = main(["evaluate", "models/default", "--config", str(config), *later_half, "--json"])
+    code = main(["evaluate", str(BOOTSTRAP_MODEL), "--config", str(config), *later_half, "--json"])
     report = json.loads(capsys.readouterr().out)
 
     assert code == 0
@@ -200,7 +200,7 @@ def published(models: Path, bundle: ModelBundle, version: str) -> ModelBundle:
 def test_anomaly_refit_activates_a_new_detector_beside_the_same_classifier(
     config: Path, history: History, tmp_path: Path
 ) -> None:
-    serving = published(tmp_path, load_bundle("models/default"), "v1")
+    serving = published(tmp_path, load_bundle(BOOTSTRAP_MODEL), "v1")
     refitter = refitter_for(config, history, tmp_path, serving, anomaly={"fit_window": 2 * 86400})
 
     version = refitter.refit_anomaly()
@@ -208,14 +208,14 @@ def test_anomaly_refit_activates_a_new_detector_beside_the_same_classifier(
     assert version is not None and resolve(tmp_path).name == version
     refitted = load_bundle(resolve(tmp_path))
     assert refitted.manifest.files["classifier.ubj"] == serving.manifest.files["classifier.ubj"]
-    assert refitted.manifest.files["detector.joblib"] != serving.manifest.files["detector.joblib"]
+    assert refitted.manifest.files["detector.npz"] != serving.manifest.files["detector.npz"]
     assert refitted.manifest.training["anomaly_refit"]["rows"] > 1000
 
 
 def test_retrain_replaces_a_worse_model_but_not_a_better_one(
     config: Path, history: History, tmp_path: Path
 ) -> None:
-    bootstrap = load_bundle("models/default")
+    bootstrap = load_bundle(BOOTSTRAP_MODEL)
     slope, intercept = bootstrap.manifest.calibration
     # An inverted calibration ranks every target backwards.
     inverted = dataclasses.replace(bootstrap.manifest, calibration=(-slope, intercept))

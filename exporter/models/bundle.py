@@ -1,13 +1,18 @@
 """The model bundle: a directory holding everything the daemon needs to score.
 
 Layout: ``manifest.json`` (format version, features in order, horizon, window
-shape, training window, metrics, library versions, sha256 of every file),
-``classifier.ubj`` (XGBoost's native format) and ``detector.joblib``.
+shape, calibration, training window, metrics, library versions, sha256 of every
+file, and ``digest``: the sha256 of all the other fields), ``classifier.ubj``
+(XGBoost's native format) and ``detector.npz`` (the Isolation Forest and its
+imputation values as plain arrays, models/forest.py).
 
-A bundle is loaded whole or not at all: every checksum and the feature list are
-verified before anything is returned, so a daemon never scores with half a model.
-joblib files are pickles: only load bundles you trust (checksums catch
-corruption, not tampering).
+Every file is data: nothing in a bundle can run code when it is loaded (no
+pickle, ``np.load(allow_pickle=False)``), so the worst a hostile bundle can do is
+score badly. A bundle is loaded whole or not at all: the manifest's digest, every
+checksum and the feature list are verified before anything is returned, so a
+daemon never scores with half a model or with an edited calibration. Checksums
+catch corruption and stray edits, not a forger who rewrites them: whoever can
+write the models directory decides what the daemon predicts (docs/security.md).
 """
 
 from __future__ import annotations
@@ -17,24 +22,27 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import xgboost as xgb
 
 from exporter.features import Features, feature_names, select, signal_weights
 from exporter.models.anomaly import AnomalyDetector
 from exporter.models.classifier import FailureClassifier
+from exporter.models.forest import ForestError
+from exporter.models.staging import done_with, make_staging
+from exporter.models.treeshap import TreeShap, TreeShapError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 CLASSIFIER_FILE = "classifier.ubj"
-DETECTOR_FILE = "detector.joblib"
+DETECTOR_FILE = "detector.npz"
+PICKLED_DETECTOR = "detector.joblib"  # format 1: never opened
 _LIBRARIES = ("xgboost-cpu", "xgboost", "scikit-learn", "pyod", "numpy")
 
 
@@ -59,6 +67,7 @@ class Manifest:
     libraries: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    digest: str = ""  # sha256 of every other field (manifest_digest), written by save_bundle
 
 
 @dataclass(frozen=True)
@@ -79,28 +88,41 @@ class ModelBundle:
     classifier: FailureClassifier
     detector: AnomalyDetector
 
-    def score(self, features: Features, explain: bool = True) -> Scores:
+    @cached_property
+    def explainer(self) -> TreeShap:
+        """Exact SHAP tables of the classifier's trees, built once per bundle (~0.2 s)."""
+        return TreeShap.from_booster(self.classifier.booster_)
+
+    @cached_property
+    def signal_weights(self) -> np.ndarray:
+        """``[features, signals]``: how SHAP values regroup by signal (features.signal_weights)."""
+        return signal_weights(self.manifest.features, self.manifest.signals)
+
+    def score(self, features: Features, explain: bool = True, explain_from: float = 0.0) -> Scores:
         """Score every row in one call of each model.
 
-        Exact SHAP explanations cost 40x the prediction itself; callers that only
-        need the scores (backtests over long recordings) pass ``explain=False``
-        and get NaN contributions.
+        Exact SHAP explanations cost many times the prediction itself, so only rows
+        whose probability is at least ``explain_from`` get them (the daemon explains
+        targets at risk); the others, and every row with ``explain=False`` (backtests),
+        get NaN. Explanations come from ``TreeShap`` (the same values as XGBoost's
+        ``pred_contribs``, without its fixed cost per call).
         """
         matrix = select(features, self.manifest.features)
-        if explain:
-            contributions = self.classifier.contributions(matrix)
-            margin = contributions.sum(axis=1)
-        else:
-            margin = self.classifier.margin(matrix)
-            contributions = np.full((len(matrix), len(self.manifest.features) + 1), np.nan)
-        weights = signal_weights(self.manifest.features, self.manifest.signals)
+        margin = self.classifier.margin(matrix)
+        probability = self.classifier.calibrate(margin)
+        contributions = np.full((len(matrix), len(self.manifest.features) + 1), np.nan)
+        rows = np.flatnonzero(probability >= explain_from) if explain else np.empty(0, dtype=np.intp)
+        if len(rows):
+            contributions[rows] = self.explainer.contributions(matrix[rows])
+        weights = self.signal_weights
+        raw_anomaly = self.detector.raw_score(matrix) if len(matrix) else np.empty(0)
         return Scores(
             inputs=matrix,
-            probability=self.classifier.calibrate(margin),
-            anomaly=self.detector.score(matrix),
+            probability=probability,
+            anomaly=self.detector.unify(raw_anomaly),
             contributions=contributions,
             signal_contributions=contributions[:, :-1] @ weights,
-            raw_anomaly=self.detector.raw_score(matrix) if len(matrix) else np.empty(0),
+            raw_anomaly=raw_anomaly,
         )
 
 
@@ -126,12 +148,13 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     """Write into a sibling temp dir, then rename: readers see the old or the new bundle."""
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = make_staging(target)
     try:
         bundle.classifier.booster_.save_model(staging / CLASSIFIER_FILE)
-        joblib.dump(bundle.detector, staging / DETECTOR_FILE)
+        bundle.detector.save(staging / DETECTOR_FILE)
         files = {name: sha256(staging / name) for name in (CLASSIFIER_FILE, DETECTOR_FILE)}
-        manifest = asdict(bundle.manifest) | {"files": files}
+        manifest = json.loads(json.dumps(asdict(bundle.manifest) | {"files": files, "digest": ""}))
+        manifest["digest"] = manifest_digest(manifest)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for path in staging.iterdir():
             with path.open("rb") as handle:
@@ -141,7 +164,16 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        done_with(staging)
     return target
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's fields except ``digest``, as canonical JSON: any edited field
+    (calibration, features, file checksums, ...) changes it."""
+    fields = {key: value for key, value in manifest.items() if key != "digest"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _swap_in(staging: Path, target: Path) -> None:
@@ -169,7 +201,12 @@ def load_bundle(directory: str | Path) -> ModelBundle:
         )
     classifier = _load_classifier(root, manifest)
     detector = _load_detector(root, manifest)
-    return ModelBundle(manifest=manifest, classifier=classifier, detector=detector)
+    bundle = ModelBundle(manifest=manifest, classifier=classifier, detector=detector)
+    try:
+        bundle.explainer  # noqa: B018 - built here, so no request or cycle waits for it
+    except TreeShapError as exc:
+        raise BundleError(f"{root / CLASSIFIER_FILE}: cannot be explained: {exc}") from None
+    return bundle
 
 
 def _read_manifest(root: Path) -> Manifest:
@@ -182,10 +219,23 @@ def _read_manifest(root: Path) -> Manifest:
         raise BundleError(f"{path}: unreadable manifest: {exc}") from None
     if not isinstance(raw, dict):
         raise BundleError(f"{path}: manifest must be a JSON object")
+    if raw.get("format_version") == 1:
+        raise BundleError(
+            f"{path}: format_version 1 bundles keep the anomaly detector as a pickle ({PICKLED_DETECTOR}), "
+            "which could run code when loaded; this version never opens it. Retrain the model "
+            "(failure-predictor train ...) to write a format 2 bundle."
+        )
     if raw.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"{path}: format_version {raw.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
         )
+    if raw.get("digest") != manifest_digest(raw):
+        raise BundleError(
+            f"{path}: digest mismatch: a field was changed after the bundle was written "
+            "(calibration, features, checksums, ...); restore the bundle or retrain"
+        )
+    if set(raw.get("files") or {}) != {CLASSIFIER_FILE, DETECTOR_FILE}:
+        raise BundleError(f"{path}: files must list exactly {CLASSIFIER_FILE} and {DETECTOR_FILE}")
     try:
         slope, intercept = (float(v) for v in raw["calibration"])
         fields = {"signals": tuple(raw["signals"]), "features": tuple(raw["features"])}
@@ -226,11 +276,6 @@ def _load_classifier(root: Path, manifest: Manifest) -> FailureClassifier:
 
 def _load_detector(root: Path, manifest: Manifest) -> AnomalyDetector:
     try:
-        detector = joblib.load(root / DETECTOR_FILE)
-    except Exception as exc:
-        raise BundleError(f"{root / DETECTOR_FILE}: cannot be unpickled: {exc}") from None
-    if not isinstance(detector, AnomalyDetector) or detector.fill_.shape != (len(manifest.features),):
-        raise BundleError(
-            f"{root / DETECTOR_FILE}: not an anomaly detector for {len(manifest.features)} features"
-        )
-    return detector
+        return AnomalyDetector.load(root / DETECTOR_FILE, len(manifest.features))
+    except ForestError as exc:
+        raise BundleError(f"{root / DETECTOR_FILE}: not an anomaly detector: {exc}") from None

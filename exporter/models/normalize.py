@@ -63,6 +63,8 @@ import numpy as np
 from pyod.models.iforest import IForest
 from scipy import special
 
+from exporter.models.forest import ArrayForest
+
 EMBED_STEPS = 60  # samples per shape window (the daemon's default window: an hour at 60 s steps)
 MEMORY_STEPS = 10_000  # running statistics: exact up to this many samples, exponential afterwards
 MIN_STEPS = 3  # samples a target needs before its score says anything (then t-corrected)
@@ -84,12 +86,14 @@ WorkloadOf = Callable[[Mapping[str, str]], object]
 
 
 @functools.cache
-def null_forest(steps: int = EMBED_STEPS) -> IForest:
-    """Isolation Forest fitted on independent standard-normal windows of ``steps`` samples."""
+def null_forest(steps: int = EMBED_STEPS) -> ArrayForest:
+    """Isolation Forest fitted on independent standard-normal windows of ``steps`` samples, as
+    arrays: every cycle scores all targets x signals in one numpy pass (models/forest.py)."""
     rng = np.random.default_rng(SEED)
-    return IForest(n_estimators=100, max_samples=256, random_state=SEED).fit(
+    fitted = IForest(n_estimators=100, max_samples=256, random_state=SEED).fit(
         rng.standard_normal((NULL_ROWS, steps))
     )
+    return ArrayForest.from_sklearn(fitted.detector_)
 
 
 def forest_score(forest: IForest, windows: np.ndarray) -> np.ndarray:

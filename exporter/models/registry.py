@@ -1,7 +1,7 @@
 """A models directory: one bundle per version, and an ``active`` link to the serving one.
 
     models/
-      20261125T101500Z-3f2a9c/   a bundle (manifest.json, classifier.ubj, detector.joblib)
+      20261125T101500Z-3f2a9c/   a bundle (manifest.json, classifier.ubj, detector.npz)
       20261126T101500Z-81bd04/
       active -> 20261126T101500Z-81bd04
 
@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.models.bundle import MANIFEST, BundleError
+from exporter.models.bundle import MANIFEST, BundleError, load_bundle
 
 ACTIVE = "active"
 
@@ -71,11 +71,17 @@ def list_versions(directory: Path) -> list[Version]:
 
 
 def activate(directory: Path, version: str) -> Path:
-    """Point ``active`` at a version, atomically (a new link renamed over the old one)."""
+    """Point ``active`` at a version, atomically (a new link renamed over the old one).
+
+    The bundle is loaded in full first (checksums, features, both models): a link to a
+    bundle that cannot load would make the next start exit, a crash loop. On BundleError
+    ``active`` still points where it did.
+    """
     target = directory / version
     if not (target / MANIFEST).is_file():
         known = ", ".join(v.name for v in list_versions(directory)) or "none"
         raise BundleError(f"no bundle {version!r} in {directory} (versions: {known})")
+    load_bundle(target)
     staging = directory / f".{ACTIVE}.{os.getpid()}"
     staging.unlink(missing_ok=True)
     staging.symlink_to(version)

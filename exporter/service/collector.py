@@ -9,18 +9,48 @@ metrics on the same registry.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Iterator
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporter import __version__
 from exporter.service.state import State
 from exporter.snapshot import Snapshot
 
 STAGES = ("query", "features", "score", "publish")
 BOUNDS = ("lower", "mean", "upper")
+# The libraries a bundle's behaviour depends on (label prefix: distributions that provide it),
+# reported next to the package version.
+BUILD_LIBRARIES = {
+    "numpy": ("numpy",),
+    "scikit_learn": ("scikit-learn",),
+    "xgboost": ("xgboost-cpu", "xgboost"),
+    "pyod": ("pyod",),
+}
+
+
+def installed_version(distributions: tuple[str, ...]) -> str:
+    """The version of the first of ``distributions`` installed, or "" when none is."""
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return ""
+
+
+def build_labels() -> dict[str, str]:
+    """Versions of the package, Python and the model libraries."""
+    labels = {"version": __version__, "python_version": platform.python_version()}
+    for prefix, distributions in BUILD_LIBRARIES.items():
+        labels[f"{prefix}_version"] = installed_version(distributions)
+    return labels
 
 
 class SelfMetrics:
@@ -67,6 +97,16 @@ class SelfMetrics:
             "Targets whose anomaly statistics were taken over from a history replay.",
             registry=registry,
         )
+        self.targets_dropped = Gauge(
+            "failure_predictor_targets_dropped",
+            "Live targets not scored in the last cycle because there are more than max_targets.",
+            registry=registry,
+        )
+        Info(
+            "failure_predictor_build",
+            "Versions of failure-predictor, Python and the model libraries (value is always 1).",
+            registry=registry,
+        ).info(build_labels())
         for stage in STAGES:
             self.cycle_duration.labels(stage)
         for outcome in ("success", "failure"):
@@ -150,17 +190,21 @@ class SnapshotCollector(Collector):
         )
         contribution = GaugeMetricFamily(
             "failure_probability_contribution",
-            "Share of the failure score attributed to each signal (SHAP, positive part, sums to 1).",
+            "Share of the failure score attributed to each signal (SHAP, positive part, sums to 1); "
+            "only targets at explain_min_risk (default low) or above.",
             labels=[*labels, "signal"],
         )
         levels = snapshot.risk
+        # Only targets at explain_min_risk or above are explained (SHAP is the costly part).
+        explained = ~np.isnan(snapshot.contribution).any(axis=1)
         for row, target in enumerate(snapshot.targets):
             values = [target.get(name, "") for name in labels]
             probability.add_metric([*values, snapshot.horizon], float(snapshot.probability[row]))
             risk.add_metric(values, int(levels[row]))
             anomaly.add_metric(values, float(snapshot.anomaly[row]))
-            for column, signal in enumerate(snapshot.signals):
-                contribution.add_metric([*values, signal], float(snapshot.contribution[row, column]))
+            if explained[row]:
+                for column, signal in enumerate(snapshot.signals):
+                    contribution.add_metric([*values, signal], float(snapshot.contribution[row, column]))
         yield from (probability, risk, anomaly, contribution)
         if snapshot.bands is not None:
             yield from _bands(snapshot, labels)

@@ -25,12 +25,13 @@ from exporter.frame import Frame
 from exporter.models.bundle import BundleError, ModelBundle
 from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser, Evaluation, target_key, workload_by
 from exporter.models.trend import time_to_limit
+from exporter.redact import first_line, mask
 from exporter.service.collector import SelfMetrics, SnapshotCollector
 from exporter.service.drift import DriftTracker
 from exporter.service.reload import ModelWatcher
 from exporter.service.state import State
 from exporter.service.warmup import WarmUp
-from exporter.snapshot import Bands, Explanations, ModelInfo, Snapshot, contribution_shares
+from exporter.snapshot import Bands, Explanations, ModelInfo, Snapshot, contribution_shares, risk_floor
 from exporter.sources import Source
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,13 @@ def check_compatibility(bundle: ModelBundle, settings: Settings) -> list[str]:
     return problems
 
 
+def explained_shares(signal_contributions: np.ndarray) -> np.ndarray:
+    """Per-signal shares of explained rows; NaN for rows the cycle did not explain."""
+    shares = contribution_shares(signal_contributions)
+    shares[np.isnan(signal_contributions).any(axis=1)] = np.nan
+    return shares
+
+
 class Daemon:
     """Owns the state, the registry and the schedule; the HTTP layer only reads them."""
 
@@ -89,6 +97,7 @@ class Daemon:
         )
         self.horizon = format_duration(served_horizon(bundle, settings.step))
         self.on_cycle: list[Callable[[Snapshot], None]] = []
+        self.on_stop: list[Callable[[], None]] = []  # e.g. abandon a refit's queries
         self._drift = DriftTracker()
         self._normaliser: AnomalyNormaliser | None = None
         self._clock = clock
@@ -100,6 +109,9 @@ class Daemon:
         )
         self._cold: set = set()  # first-seen targets waiting for a warm-up of their own
         self._warmed_once = False
+        self._explain_from = risk_floor(settings.explain_min_risk)
+        self._dropped = 0
+        self._stopping = False
         self._scheduler = BackgroundScheduler(daemon=True)
         for problem in check_compatibility(bundle, settings):
             log.warning("model and config differ", extra={"problem": problem})
@@ -113,13 +125,14 @@ class Daemon:
             fetch = self.source.fetch()
         for error in fetch.errors:
             self.metrics.query_errors.labels(error.signal, error.reason).inc()
+        self._note_dropped(fetch.dropped)
         failed = {error.signal for error in fetch.errors}
         if failed >= set(self.source.signals):
             raise CycleFailed(f"every signal query failed: {fetch.errors[0].message}")
         with self.metrics.cycle_duration.labels("features").time():
             features = frame_features(fetch.frame)
         with self.metrics.cycle_duration.labels("score").time():
-            scores = bundle.score(features)
+            scores = bundle.score(features, explain_from=self._explain_from)
             evaluation = self._anomaly(fetch.frame, scores.raw_anomaly, bundle)
         with self.metrics.cycle_duration.labels("publish").time():
             manifest = bundle.manifest
@@ -132,14 +145,26 @@ class Daemon:
                 targets=fetch.frame.targets,
                 probability=scores.probability,
                 anomaly=evaluation.score,
-                contribution=contribution_shares(scores.signal_contributions),
-                explanations=Explanations(manifest.features, scores.inputs, scores.contributions),
+                contribution=explained_shares(scores.signal_contributions),
+                explanations=Explanations(
+                    manifest.features, scores.inputs, scores.contributions, bundle.explainer.contributions
+                ),
                 drift=self._drift.update(bundle, scores.inputs),
                 bands=self._bands(fetch.frame, evaluation),
             )
             self.state.snapshot = snapshot
             self.state.last_success = snapshot.created_at
         return snapshot
+
+    def _note_dropped(self, dropped: int) -> None:
+        """Targets beyond max_targets go unscored: say so on a gauge, and in the log when it changes."""
+        if dropped != self._dropped:
+            log.warning(
+                "targets over max_targets are not scored" if dropped else "every live target is scored again",
+                extra={"dropped": dropped, "max_targets": self.settings.max_targets},
+            )
+        self._dropped = dropped
+        self.metrics.targets_dropped.set(dropped)
 
     def _anomaly(self, frame: Frame, forest_raw: np.ndarray, bundle: ModelBundle) -> Evaluation:
         """``anomaly_score`` of every target against its own history (models/normalize.py);
@@ -232,7 +257,12 @@ class Daemon:
         try:
             snapshot = self.run_cycle()
         except Exception as exc:
-            self.state.last_error = str(exc)
+            if self._stopping:
+                log.info("cycle abandoned: the daemon is stopping")
+                return
+            # /readyz is unauthenticated: the headline only (native errors carry stack
+            # traces), secrets masked; the log keeps the details.
+            self.state.last_error = mask(first_line(str(exc)), self.settings.prometheus.secrets)
             self.metrics.cycles.labels("failure").inc()
             log.error("cycle failed", extra={"error": str(exc)}, exc_info=not isinstance(exc, CycleFailed))
             return
@@ -254,6 +284,8 @@ class Daemon:
                 False,
                 f"last successful cycle {age:.0f}s ago (stale_after {self.settings.stale_after:g}s){self._because()}",
             )
+        if self.state.snapshot is not None and not self.state.snapshot.targets:
+            return True, "ready, 0 targets: no signal query returned a series with the target labels"
         return True, "ok"
 
     def _because(self) -> str:
@@ -287,5 +319,12 @@ class Daemon:
         )
 
     def stop(self) -> None:
+        """Abandon the queries in flight first, so a hung Prometheus cannot hold the shutdown."""
+        self._stopping = True
+        close = getattr(self.source, "close", None)  # sources holding connections have one
+        if close is not None:
+            close()
+        for hook in self.on_stop:
+            hook()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)

@@ -10,8 +10,10 @@ scoring code downstream trusts what it receives.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +45,8 @@ MIN_POINTS = SHORT_SPAN  # fewer points leave the short-span rate and most trend
 MAX_STEP = 7 * 86400.0
 MAX_ERRORS = 50  # reported per response; a batch of 1,000 bad arrays would otherwise echo 100k errors
 DEFAULT_TOP_FEATURES = 5
+INLINE_ROWS = 64  # model calls of up to this many rows run on the event loop (~1-3 ms)
+GATHER_YIELDS = 4  # loop turns a model call waits at most for requests already being read
 
 
 class ApiError(Exception):
@@ -148,11 +152,78 @@ def request_adapter(target_labels: Sequence[str]) -> TypeAdapter:
     return TypeAdapter(list[item])  # type: ignore[valid-type]
 
 
-def request_schema(target_labels: Sequence[str]) -> dict[str, Any]:
-    """JSON schema of a request body (one item or a list), refs pointing at OpenAPI components."""
-    selector = selector_model(target_labels)
-    item = Observation | selector  # type: ignore[valid-type]
-    return TypeAdapter(item | list[item]).json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[valid-type]
+# Durations the schema promises are accepted (1ms-7d as one term); "1h30m" and the like are too.
+STEP_PATTERN = r"^([1-9][0-9]{0,2}(ms|s|m)|([1-9][0-9]?|1[0-5][0-9]|16[0-8])h|[1-7]d)$"
+# RFC 3339 times the schema promises are accepted (days 1-28 so every month has them).
+TIME_PATTERN = (
+    r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$"
+)
+
+
+def request_schema(
+    target_labels: Sequence[str], signals: Sequence[str], window: int, max_batch: int
+) -> dict[str, dict[str, Any]]:
+    """JSON schemas (OpenAPI components) of a request body, exact for the serving model: what
+    they allow is accepted (or, for a selector, answered or a 404), what they forbid is a 422."""
+    observation = {
+        "title": "Observation",
+        "description": Observation.__doc__,
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["signals"],
+        "properties": {
+            "signals": {
+                "description": Observation.model_fields["signals"].description,
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"enum": list(signals)},
+                "additionalProperties": {
+                    "type": "array",
+                    "minItems": MIN_POINTS,
+                    "maxItems": window,
+                    "items": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+                },
+            },
+            "step": {
+                "description": Observation.model_fields["step"].description,
+                "anyOf": [
+                    {"type": "number", "minimum": 0.001, "maximum": MAX_STEP},
+                    {"type": "string", "pattern": STEP_PATTERN},
+                    {"type": "null"},
+                ],
+            },
+            "timestamp": {
+                "description": Observation.model_fields["timestamp"].description,
+                "anyOf": [
+                    {"type": "number", "minimum": 0, "exclusiveMaximum": 1e11},
+                    {"type": "string", "pattern": TIME_PATTERN},
+                    {"type": "null"},
+                ],
+            },
+        },
+        "examples": Observation.model_config["json_schema_extra"]["examples"],  # type: ignore[index]
+    }
+    selector = {
+        "title": "TargetSelector",
+        "description": "A target of the latest cycle, named by its target labels (answered from the latest scores).",
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(target_labels),
+        "properties": {label: {"type": "string"} for label in target_labels},
+    }
+    item = {
+        "oneOf": [
+            {"$ref": "#/components/schemas/Observation"},
+            {"$ref": "#/components/schemas/TargetSelector"},
+        ]
+    }
+    body = {
+        "title": "PredictRequest",
+        "description": f"one observation or selector, or a list of 1 to {max_batch} (api.max_batch)",
+        "anyOf": [item, {"type": "array", "minItems": 1, "maxItems": max_batch, "items": item}],
+    }
+    return {"Observation": observation, "TargetSelector": selector, "PredictRequest": body}
 
 
 @dataclass(frozen=True)
@@ -182,6 +253,8 @@ def parse_request(
     except (ValueError, RecursionError) as exc:
         raise ApiError(422, [problem(["body"], f"body is not valid JSON: {exc}", "json_invalid")]) from None
     single = isinstance(doc, dict)
+    if _SURROGATE_ESCAPE.search(body):
+        _refuse_lone_surrogates(doc, ["body"])
     if not single and not isinstance(doc, list):
         raise ApiError(
             422, [problem(["body"], "expected an observation object or a list of them", "type_error")]
@@ -262,6 +335,43 @@ def parse_request(
     )
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _refuse_lone_surrogates(doc: Any, root: list[str | int]) -> None:
+    """422 for a string or key holding half a UTF-16 surrogate pair (``"\\ud800"``): JSON
+    allows the escape, but it is no Unicode text and could not even be echoed back in UTF-8.
+    Only bodies that contain such an escape are walked."""
+    stack: list[tuple[Any, list[str | int]]] = [(doc, root)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if not _is_text(value):
+                raise ApiError(422, [problem(where, LONE_SURROGATE, "string_unicode")])
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _is_text(key):
+                    raise ApiError(422, [problem([*where, _escaped(key)], LONE_SURROGATE, "string_unicode")])
+                stack.append((item, [*where, key]))
+        elif isinstance(value, list):
+            stack.extend((item, [*where, index]) for index, item in enumerate(value))
+
+
+LONE_SURROGATE = "contains a lone UTF-16 surrogate (\\ud800-\\udfff): not Unicode text"
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(value: str) -> str:
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _located(error: Mapping[str, Any], where: Callable[..., list[str | int]]) -> dict[str, Any]:
     """A pydantic error at the body path the client wrote (the union's tag removed from the location)."""
     index, *rest = error["loc"]
@@ -300,16 +410,24 @@ class Explained:
 
     @classmethod
     def of_snapshot(cls, snapshot: Snapshot, rows: Sequence[int]) -> Explained:
+        """The cycle's scores of ``rows``, explained: SHAP the cycle skipped (targets not at risk)
+        is computed here, so every answer the API gives is explained."""
         rows = np.asarray(rows, dtype=np.intp)
         explanations = snapshot.explanations
+        shares = snapshot.contribution[rows]
+        contributions = None
+        if explanations is not None:
+            contributions = explanations.rows(rows)
+            weights = signal_weights(explanations.features, snapshot.signals)
+            shares = contribution_shares(contributions[:, :-1] @ weights)
         return cls(
             signals=snapshot.signals,
             features=explanations.features if explanations else (),
             probability=snapshot.probability[rows],
             anomaly=snapshot.anomaly[rows],
-            shares=snapshot.contribution[rows],
+            shares=shares,
             values=explanations.values[rows] if explanations else None,
-            contributions=explanations.contributions[rows] if explanations else None,
+            contributions=contributions,
         )
 
 
@@ -342,7 +460,7 @@ def describe(
 
 def _explanations(explained: Explained, top_features: int) -> tuple[list[dict], list[dict[str, float]]]:
     contributions, values = explained.contributions, explained.values
-    weights = signal_weights(explained.features, explained.signals)
+    weights = _weights(explained.features, explained.signals)
     by_signal = contributions[:, :-1] @ weights
     unattributed = contributions[:, :-1] @ (weights.sum(axis=1) == 0)
     margin = contributions.sum(axis=1)
@@ -379,6 +497,14 @@ def _explanations(explained: Explained, top_features: int) -> tuple[list[dict], 
     return explanations, feature_maps
 
 
+@functools.lru_cache(maxsize=8)
+def _weights(features: tuple[str, ...], signals: tuple[str, ...]) -> np.ndarray:
+    """signal_weights, once per model rather than once per request (read only)."""
+    weights = signal_weights(features, signals)
+    weights.flags.writeable = False
+    return weights
+
+
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -386,11 +512,14 @@ def _finite(x: float) -> float | None:
 class Scorer:
     """Scores windows for concurrent requests, coalescing them into one model call.
 
-    While one call runs, requests that arrive queue up and the next call takes
-    them all (up to ``max_rows``), so a lone request waits for nothing and a
-    burst of single predictions costs a few batched calls instead of one each.
-    Scoring runs in a worker thread, one call at a time, so the API cannot
-    starve the scoring cycle of CPU with many parallel model calls.
+    The drain runs as a task: requests whose bodies are already readable when the
+    first arrives are parsed before it starts and join its call, and while a call
+    runs, newcomers queue up for the next one (up to ``max_rows``). A lone request
+    waits for nothing and a burst of single predictions costs a few batched calls
+    instead of one each. Calls of up to ``INLINE_ROWS`` rows run on the event loop
+    (a thread hop costs as much as the call); larger ones in a worker thread, one
+    at a time, so /metrics keeps answering and the API cannot starve the scoring
+    cycle of CPU with many parallel model calls.
     """
 
     def __init__(self, max_rows: int) -> None:
@@ -410,13 +539,23 @@ class Scorer:
 
     async def _drain(self) -> None:
         while self._queue:
+            # Let request handlers that are already runnable reach the queue: their bodies
+            # arrived with this one, and one call for all is cheaper than one call each.
+            for _ in range(GATHER_YIELDS):
+                waiting = len(self._queue)
+                await asyncio.sleep(0)
+                if len(self._queue) == waiting:
+                    break
             batch = [self._queue.popleft()]
             rows = len(batch[0].values)
             while self._queue and self._queue[0].bundle is batch[0].bundle and rows < self.max_rows:
                 rows += len(self._queue[0].values)
                 batch.append(self._queue.popleft())
             try:
-                results = await anyio.to_thread.run_sync(_score_jobs, batch)
+                if rows <= INLINE_ROWS:
+                    results = _score_jobs(batch)  # ~1 ms: a thread hop would cost as much again
+                else:
+                    results = await anyio.to_thread.run_sync(_score_jobs, batch)
             except Exception as exc:
                 for job in batch:
                     if not job.result.done():

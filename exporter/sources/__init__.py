@@ -17,7 +17,9 @@ from exporter.frame import Frame
 @dataclass(frozen=True)
 class QueryError:
     signal: str
-    reason: str  # short, low-cardinality: "timeout", "connection", "http_4xx", "http_5xx", "promql", "bad_response"
+    # short, low-cardinality: "timeout" (one attempt), "deadline" (the whole query), "connection",
+    # "tls", "http_4xx", "http_5xx", "promql", "bad_response", "shutdown"
+    reason: str
     message: str
 
 
@@ -27,6 +29,7 @@ class Fetch:
 
     frame: Frame
     errors: tuple[QueryError, ...] = ()
+    dropped: int = 0  # live targets left out by max_targets
 
 
 class Source(Protocol):

@@ -24,6 +24,7 @@ from exporter.features import Features, select
 from exporter.models.anomaly import AnomalyDetector
 from exporter.models.bundle import ModelBundle, save_bundle
 from exporter.models.registry import activate
+from exporter.sources.prometheus import PrometheusClient
 from exporter.training.dataset import Dataset, TrainingOptions
 from exporter.training.history import HistoryReader
 from exporter.training.train import time_split, train_bundle
@@ -77,10 +78,15 @@ class Refitter:
         self.serving = serving
         self.clock = clock
         self.seed = seed
+        self._client = PrometheusClient(settings.prometheus)
 
     def _read(self, bundle: ModelBundle, window: float) -> Dataset:
         end = self.clock()
-        return HistoryReader(self.settings, serving_options(bundle)).read(end - window, end)
+        return HistoryReader(self.settings, serving_options(bundle), self._client).read(end - window, end)
+
+    def close(self) -> None:
+        """Abandon the history queries in flight (shutdown): a hung Prometheus must not hold it."""
+        self._client.close()
 
     def refit_anomaly(self) -> str | None:
         """Fit a new detector on the healthy windows of the last ``anomaly.fit_window``."""

@@ -33,7 +33,12 @@ from exporter.sources.simulate import SimulatedCluster
 
 RUNBOOK_BASE = "https://github.com/failure-predictor/failure-predictor/blob/main/docs/runbooks.md#"
 SEVERITIES = {"critical", "warning", "info"}
-TARGET_ALERTS = ("HighFailureProbability", "ElevatedFailureProbability", "AnomalousWorkloadBehaviour")
+TARGET_ALERTS = (
+    "HighFailureProbability",
+    "ElevatedFailureProbability",
+    "AnomalousWorkloadBehaviour",
+    "PredictedResourceExhaustion",
+)
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -130,7 +135,9 @@ def test_rules_readme_documents_every_alert_threshold_and_for() -> None:
         assert severity == alert["labels"]["severity"], name
         assert duration == alert["for"], name
         if threshold != "-":
-            assert re.search(rf"> {re.escape(threshold)}\b", alert["expr"]), f"{name}: threshold {threshold}"
+            assert re.search(rf"[<>] {re.escape(threshold)}\b", alert["expr"]), (
+                f"{name}: threshold {threshold}"
+            )
     assert set(table) == {alert["alert"] for alert in alerts()}
 
 

@@ -1,16 +1,16 @@
 """Missing is not failing, against a real Prometheus: pods without HTTP series, a signal
 whose query returns nothing, and a broken signal query.
 
-Three real daemons (``failure-predictor run``) read one real Prometheus scraping a fake
+Two real daemons (``failure-predictor run``) read one real Prometheus scraping a fake
 workload in which three healthy pods export no request metrics at all, as databases and
-queues do. They differ only in their signal queries.
+queues do. One has the default signal queries; in the other the latency query returns
+nothing and the errors query is broken.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,11 +43,7 @@ def daemons(
 ) -> Iterator[dict[str, DaemonServer]]:
     prometheus = PrometheusServer(tmp_path_factory.mktemp("prometheus"))
     prometheus.add_target("workload", quiet_workload.address)
-    variants = {
-        "default": {},
-        "empty_latency": {"latency": EMPTY_LATENCY},
-        "broken_errors": {"errors": BROKEN_ERRORS},
-    }
+    variants = {"default": {}, "degraded": {"latency": EMPTY_LATENCY, "errors": BROKEN_ERRORS}}
     with prometheus:
         url = {"prometheus": {"url": prometheus.url, "timeout": "2s", "retries": 1, "backoff": "200ms"}}
         servers = {
@@ -55,7 +51,7 @@ def daemons(
             for name, signals in variants.items()
         }
         for server in servers.values():
-            server.start()
+            server.start(timeout=90)  # two daemons loading models at once on a busy machine
         try:
             yield servers
         finally:
@@ -82,9 +78,8 @@ def settled_scores(daemon: DaemonServer, pods: list[str]) -> dict[str, float]:
 
 
 def warnings(daemon: DaemonServer) -> list[dict]:
-    log = Path(daemon.workdir) / f"{daemon.name}.log"
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    return [line for line in lines if "signal returns nothing" in line.get("message", "")]
+    lines = [json.loads(line) for line in daemon.log_path.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if "signal returns nothing" in line.get("msg", "")]
 
 
 def test_pods_without_http_series_are_scored_from_cpu_and_memory_and_stay_low(daemons, quiet_workload):
@@ -100,21 +95,21 @@ def test_pods_without_http_series_are_scored_from_cpu_and_memory_and_stay_low(da
 
 
 def test_a_signal_whose_query_returns_nothing_is_unknown_for_every_pod(daemons, quiet_workload):
-    daemon, reference = daemons["empty_latency"], daemons["default"]
+    daemon, reference = daemons["degraded"], daemons["default"]
     scores = settled_scores(daemon, quiet_workload.pods)
 
     assert set(scores) == set(quiet_workload.pods)
     assert missing(daemon, "latency") == len(quiet_workload.pods)
     healthy = [scores[pod] for pod in quiet_workload.healthy_pods]
     assert np.median(healthy) < 0.05 and max(healthy) < 0.2, scores
-    logged = warnings(daemon)
+    logged = [line for line in warnings(daemon) if line["signal"] == "latency"]
     assert len(logged) == 1, logged  # once, not every cycle
-    assert logged[0]["signal"] == "latency" and logged[0]["reason"] == "its query returned no data"
+    assert logged[0]["reason"] == "its query returned no data"
     assert warnings(reference) == []
 
 
 def test_a_broken_signal_query_is_counted_logged_once_and_scored_without(daemons, quiet_workload):
-    daemon = daemons["broken_errors"]
+    daemon = daemons["degraded"]
     scores = settled_scores(daemon, quiet_workload.pods)
 
     assert set(scores) == set(quiet_workload.pods)
@@ -122,7 +117,7 @@ def test_a_broken_signal_query_is_counted_logged_once_and_scored_without(daemons
     assert missing(daemon, "errors") == len(quiet_workload.pods)
     healthy = [scores[pod] for pod in quiet_workload.healthy_pods]
     assert np.median(healthy) < 0.05 and max(healthy) < 0.2, scores
-    logged = warnings(daemon)
+    logged = [line for line in warnings(daemon) if line["signal"] == "errors"]
     assert len(logged) == 1 and logged[0]["reason"] == "its query failed", logged
 
 

@@ -12,7 +12,7 @@ import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
@@ -95,23 +95,25 @@ ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
 
 DEFAULT_SIGNALS: dict[str, str] = {
     # Placeholders: {by} is the comma-separated target labels, {rate_window} the
-    # configured rate window. CPU falls back to cores used when a pod has no limit.
+    # configured rate window, {selector} label matchers (with a trailing comma) that the
+    # source fills to read only some targets (new pods, one shard), empty otherwise.
+    # CPU falls back to cores used when a pod has no limit.
     "cpu": (
-        '(sum by ({by}) (rate(container_cpu_usage_seconds_total{container!="",container!="POD"}[{rate_window}]))'
-        ' / sum by ({by}) (kube_pod_container_resource_limits{resource="cpu"}))'
-        ' or sum by ({by}) (rate(container_cpu_usage_seconds_total{container!="",container!="POD"}[{rate_window}]))'
+        '(sum by ({by}) (rate(container_cpu_usage_seconds_total{{selector}container!="",container!="POD"}[{rate_window}]))'
+        ' / sum by ({by}) (kube_pod_container_resource_limits{{selector}resource="cpu"}))'
+        ' or sum by ({by}) (rate(container_cpu_usage_seconds_total{{selector}container!="",container!="POD"}[{rate_window}]))'
     ),
     "memory": (
-        'sum by ({by}) (container_memory_working_set_bytes{container!="",container!="POD"})'
-        ' / sum by ({by}) (kube_pod_container_resource_limits{resource="memory"})'
+        'sum by ({by}) (container_memory_working_set_bytes{{selector}container!="",container!="POD"})'
+        ' / sum by ({by}) (kube_pod_container_resource_limits{{selector}resource="memory"})'
     ),
     "latency": (
-        "histogram_quantile(0.99, sum by ({by}, le) (rate(http_request_duration_seconds_bucket[{rate_window}])))"
+        "histogram_quantile(0.99, sum by ({by}, le) (rate(http_request_duration_seconds_bucket{{selector}}[{rate_window}])))"
     ),
     "errors": (
-        '(sum by ({by}) (rate(http_requests_total{code=~"5.."}[{rate_window}]))'
-        " or sum by ({by}) (rate(http_requests_total[{rate_window}])) * 0)"
-        " / sum by ({by}) (rate(http_requests_total[{rate_window}]))"
+        '(sum by ({by}) (rate(http_requests_total{{selector}code=~"5.."}[{rate_window}]))'
+        " or sum by ({by}) (rate(http_requests_total{{selector}}[{rate_window}])) * 0)"
+        " / sum by ({by}) (rate(http_requests_total{{selector}}[{rate_window}]))"
     ),
 }
 CORE_SIGNALS = tuple(DEFAULT_SIGNALS)
@@ -275,12 +277,19 @@ class ApiSettings(_Strict):
         return self
 
 
+# failure_probability_contribution (exact SHAP) is computed for targets at this risk or above.
+RiskName = Literal["minimal", "low", "medium", "high", "critical"]
+
+
 class ShardSettings(_Strict):
     """Score only this replica's share of the targets, so several replicas split a large cluster.
 
-    Every replica runs the same queries and keeps the targets whose stable hash modulo ``count``
-    is ``index``; together they score every target exactly once. The Helm chart's StatefulSet
-    sets ``FAILURE_PREDICTOR_SHARD__INDEX`` from each pod's ordinal.
+    Every replica keeps the targets whose stable hash (SHA-1 of the target label values) modulo
+    ``count`` is ``index``; together they score every target exactly once. PromQL cannot hash,
+    so each replica reads the newest steps of every target (to learn who exists) and the
+    window's history only for its own, through the ``{selector}`` placeholder of the signal
+    queries (README "Sharding"). The Helm chart's StatefulSet sets
+    ``FAILURE_PREDICTOR_SHARD__INDEX`` from each pod's ordinal.
     """
 
     index: int = Field(default=0, ge=0)
@@ -313,6 +322,9 @@ class Settings(_Strict):
     max_targets: int = Field(default=10_000, ge=1)
     shard: ShardSettings = Field(default_factory=ShardSettings)
     stale_after: Duration = 300.0
+    full_refresh: Duration = 1800.0
+    reread_steps: int = Field(default=2, ge=1, le=100)
+    explain_min_risk: RiskName = "low"
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 
     @field_validator("target_labels")
@@ -363,18 +375,25 @@ class Settings(_Strict):
     @property
     def queries(self) -> dict[str, str]:
         """Effective PromQL per signal: defaults, then user overrides, placeholders filled."""
+        return {name: self.fill(query) for name, query in self.signal_templates.items()}
+
+    @property
+    def signal_templates(self) -> dict[str, str]:
+        """The enabled signals' PromQL before placeholders are filled (the source fills {selector})."""
         merged: dict[str, str | None] = {**DEFAULT_SIGNALS, **self.signals}
-        return {name: self.fill(query) for name, query in merged.items() if query is not None}
+        return {name: query for name, query in merged.items() if query is not None}
 
     @property
     def failure_query(self) -> str | None:
         """The failure definition's PromQL with placeholders filled, if there is one."""
         return None if self.failure.query is None else self.fill(self.failure.query)
 
-    def fill(self, query: str) -> str:
-        """Replace {by} with the target labels and {rate_window} with the rate window."""
+    def fill(self, query: str, selector: str = "") -> str:
+        """Replace {by} with the target labels, {rate_window} with the rate window and {selector}
+        with ``selector`` (label matchers ending in a comma, or nothing: every target)."""
         by = ",".join(self.target_labels)
-        return query.replace("{by}", by).replace("{rate_window}", format_duration(self.rate_window))
+        filled = query.replace("{by}", by).replace("{rate_window}", format_duration(self.rate_window))
+        return filled.replace("{selector}", selector)
 
 
 def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -438,7 +457,7 @@ def describe_errors(exc: ValidationError) -> str:
 def effective_config(settings: Settings) -> dict[str, Any]:
     """The settings as plain YAML-able data, durations as strings, secrets masked."""
     data = settings.model_dump(mode="json")
-    for key in ("interval", "lookback", "step", "rate_window", "horizon", "stale_after"):
+    for key in ("interval", "lookback", "step", "rate_window", "horizon", "stale_after", "full_refresh"):
         data[key] = format_duration(data[key])
     for section, key in (
         ("anomaly", "refit_every"),

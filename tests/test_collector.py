@@ -162,8 +162,6 @@ def test_cycle_exports_every_target(tiny, settings):
         assert ("failure_probability", labelled(target, horizon="30m")) in exported
         assert ("failure_risk_level", labelled(target)) in exported
         assert ("anomaly_score", labelled(target)) in exported
-        for signal in SIGNALS:
-            assert ("failure_probability_contribution", labelled(target, signal=signal)) in exported
     assert exported[("failure_predictor_targets", frozenset())] == 3
     assert exported[("failure_predictor_cycles_total", labelled({}, outcome="success"))] == 1
     assert exported[("failure_predictor_last_success_timestamp_seconds", frozenset())] == START
@@ -233,14 +231,40 @@ def test_contribution_shares_of_each_target_sum_to_one_or_zero(tiny, settings):
 
     daemon.cycle()
 
-    totals = daemon.state.snapshot.contribution.sum(axis=1)
-    assert all(total == pytest.approx(1.0) or total == 0.0 for total in totals), totals
+    snapshot = daemon.state.snapshot
+    totals = snapshot.contribution.sum(axis=1)
+    at_risk = snapshot.probability >= 0.2
+    assert all(total == pytest.approx(1.0) or total == 0.0 for total in totals[at_risk]), totals
     assert (totals > 0).any()
     exported = series(daemon.registry, "failure_probability_contribution")
-    for target, total in zip(targets, totals, strict=True):
+    for target, total in zip(np.array(targets)[at_risk], totals[at_risk], strict=True):
         mine = [v for labels, v in exported.items() if labels >= labelled(target)]
         assert len(mine) == len(SIGNALS)
         assert sum(mine) == pytest.approx(total)
+
+
+@pytest.mark.parametrize("floor", ["minimal", "low", "medium"])
+def test_contribution_is_exported_only_for_targets_at_the_explain_risk_or_above(tiny, floor):
+    history = tiny.history
+    # Windows right before failures start and long before: some targets at risk, some not.
+    starts = np.argwhere(history.failed[:, 1:] & ~history.failed[:, :-1])[:4]
+    calm = [(t, WINDOW + 5) for t in range(4)]
+    windows = [history.frame.values[t, end - WINDOW + 1 : end + 1] for t, end in [*starts.tolist(), *calm]]
+    targets = tuple({"namespace": "a", "pod": f"p{i}"} for i in range(len(windows)))
+    frame = Frame(np.stack(windows), targets, history.frame.timestamps[-WINDOW:], SIGNALS)
+    settings = load_settings(None, environ={"FAILURE_PREDICTOR_EXPLAIN_MIN_RISK": floor})
+    daemon, _, _ = make_daemon(tiny, settings, Fetch(frame))
+
+    daemon.cycle()
+
+    probability = daemon.state.snapshot.probability
+    floor_probability = {"minimal": 0.0, "low": 0.2, "medium": 0.4}[floor]
+    expected = {t["pod"] for t, p in zip(targets, probability, strict=True) if p >= floor_probability}
+    exported = series(daemon.registry, "failure_probability_contribution")
+    assert {dict(labels)["pod"] for labels in exported} == expected
+    assert len(exported) == len(expected) * len(SIGNALS)
+    if floor == "low":
+        assert 0 < len(expected) < len(targets), probability
 
 
 def test_vanished_target_is_no_longer_exported(tiny, settings):

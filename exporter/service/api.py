@@ -52,7 +52,7 @@ from exporter.service.predict import (
     request_adapter,
     request_schema,
 )
-from exporter.snapshot import RISK_NAMES, Snapshot, risk_levels
+from exporter.snapshot import RISK_NAMES, Snapshot, risk_levels, top_shares
 
 log = logging.getLogger(__name__)
 
@@ -584,7 +584,8 @@ def targets_body(
         order_of = np.argsort(-score if descending else score, kind="stable")
         rows = np.asarray(rows, dtype=np.intp)[order_of].tolist()
     total, rows = len(rows), rows[:limit]
-    advice = describe(Explained.of_snapshot(snapshot, rows), [daemon.settings.step] * len(rows), 0)
+    explained = Explained.of_snapshot(snapshot, rows)
+    advice = describe(explained, [daemon.settings.step] * len(rows), 0)
     return {
         "ready": True,
         "data_time": snapshot.data_time,
@@ -599,11 +600,11 @@ def targets_body(
                 "anomaly_score": round(float(snapshot.anomaly[row]), 6),
                 "top_signals": [
                     {"signal": signal, "share": round(share, 4)}
-                    for signal, share in snapshot.top_signals(row)
+                    for signal, share in top_shares(snapshot.signals, shares)
                 ],
                 "recommendations": described["recommendations"],
             }
-            for row, described in zip(rows, advice, strict=True)
+            for row, described, shares in zip(rows, advice, explained.shares, strict=True)
         ],
     }
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -172,15 +173,19 @@ class SnapshotCollector(Collector):
         )
         contribution = GaugeMetricFamily(
             "failure_probability_contribution",
-            "Share of the failure score attributed to each signal (SHAP, positive part, sums to 1).",
+            "Share of the failure score attributed to each signal (SHAP, positive part, sums to 1); "
+            "only targets at explain_min_risk (default low) or above.",
             labels=[*labels, "signal"],
         )
         levels = snapshot.risk
+        # Only targets at explain_min_risk or above are explained (SHAP is the costly part).
+        explained = ~np.isnan(snapshot.contribution).any(axis=1)
         for row, target in enumerate(snapshot.targets):
             values = [target.get(name, "") for name in labels]
             probability.add_metric([*values, snapshot.horizon], float(snapshot.probability[row]))
             risk.add_metric(values, int(levels[row]))
             anomaly.add_metric(values, float(snapshot.anomaly[row]))
-            for column, signal in enumerate(snapshot.signals):
-                contribution.add_metric([*values, signal], float(snapshot.contribution[row, column]))
+            if explained[row]:
+                for column, signal in enumerate(snapshot.signals):
+                    contribution.add_metric([*values, signal], float(snapshot.contribution[row, column]))
         yield from (probability, risk, anomaly, contribution)

@@ -29,7 +29,7 @@ from exporter.service.collector import SelfMetrics, SnapshotCollector
 from exporter.service.drift import DriftTracker
 from exporter.service.reload import ModelWatcher
 from exporter.service.state import State
-from exporter.snapshot import Explanations, ModelInfo, Snapshot, contribution_shares
+from exporter.snapshot import Explanations, ModelInfo, Snapshot, contribution_shares, risk_floor
 from exporter.sources import Source
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,13 @@ def check_compatibility(bundle: ModelBundle, settings: Settings) -> list[str]:
     return problems
 
 
+def explained_shares(signal_contributions: np.ndarray) -> np.ndarray:
+    """Per-signal shares of explained rows; NaN for rows the cycle did not explain."""
+    shares = contribution_shares(signal_contributions)
+    shares[np.isnan(signal_contributions).any(axis=1)] = np.nan
+    return shares
+
+
 class Daemon:
     """Owns the state, the registry and the schedule; the HTTP layer only reads them."""
 
@@ -92,6 +99,7 @@ class Daemon:
         self._drift = DriftTracker()
         self._normaliser: AnomalyNormaliser | None = None
         self._clock = clock
+        self._explain_from = risk_floor(settings.explain_min_risk)
         self._dropped = 0
         self._stopping = False
         self._scheduler = BackgroundScheduler(daemon=True)
@@ -114,7 +122,7 @@ class Daemon:
         with self.metrics.cycle_duration.labels("features").time():
             features = frame_features(fetch.frame)
         with self.metrics.cycle_duration.labels("score").time():
-            scores = bundle.score(features)
+            scores = bundle.score(features, explain_from=self._explain_from)
             anomaly = self._anomaly(fetch.frame, scores.raw_anomaly)
         with self.metrics.cycle_duration.labels("publish").time():
             manifest = bundle.manifest
@@ -127,8 +135,10 @@ class Daemon:
                 targets=fetch.frame.targets,
                 probability=scores.probability,
                 anomaly=anomaly,
-                contribution=contribution_shares(scores.signal_contributions),
-                explanations=Explanations(manifest.features, scores.inputs, scores.contributions),
+                contribution=explained_shares(scores.signal_contributions),
+                explanations=Explanations(
+                    manifest.features, scores.inputs, scores.contributions, bundle.explainer.contributions
+                ),
                 drift=self._drift.update(bundle, scores.inputs),
             )
             self.state.snapshot = snapshot

@@ -410,16 +410,24 @@ class Explained:
 
     @classmethod
     def of_snapshot(cls, snapshot: Snapshot, rows: Sequence[int]) -> Explained:
+        """The cycle's scores of ``rows``, explained: SHAP the cycle skipped (targets not at risk)
+        is computed here, so every answer the API gives is explained."""
         rows = np.asarray(rows, dtype=np.intp)
         explanations = snapshot.explanations
+        shares = snapshot.contribution[rows]
+        contributions = None
+        if explanations is not None:
+            contributions = explanations.rows(rows)
+            weights = signal_weights(explanations.features, snapshot.signals)
+            shares = contribution_shares(contributions[:, :-1] @ weights)
         return cls(
             signals=snapshot.signals,
             features=explanations.features if explanations else (),
             probability=snapshot.probability[rows],
             anomaly=snapshot.anomaly[rows],
-            shares=snapshot.contribution[rows],
+            shares=shares,
             values=explanations.values[rows] if explanations else None,
-            contributions=explanations.contributions[rows] if explanations else None,
+            contributions=contributions,
         )
 
 

@@ -112,8 +112,10 @@ def test_explanations_add_up_to_the_margin(url, frame, tiny):
         assert explanation["base_value"] + by_signal + explanation["unattributed"] == pytest.approx(
             margin, abs=1e-4
         )
+        # The probability comes from XGBoost's float32 margin, the explanation's margin from the sum
+        # of float32 SHAP values: they agree to ~1e-6 relative, not bit for bit.
         assert float(tiny.bundle.classifier.calibrate(np.float32(margin))) == pytest.approx(
-            answer["failure_probability"], rel=1e-6
+            answer["failure_probability"], rel=1e-5
         )
         contributions = [abs(f["contribution"]) for f in features]
         assert contributions == sorted(contributions, reverse=True)

@@ -108,7 +108,8 @@ class ModelBundle:
         ``pred_contribs``, without its fixed cost per call).
         """
         matrix = select(features, self.manifest.features)
-        margin = self.classifier.margin(matrix)
+        # XGBoost prints a plain-text warning for an empty matrix (every target gone).
+        margin = self.classifier.margin(matrix) if len(matrix) else np.empty(0, dtype=np.float32)
         probability = self.classifier.calibrate(margin)
         contributions = np.full((len(matrix), len(self.manifest.features) + 1), np.nan)
         rows = np.flatnonzero(probability >= explain_from) if explain else np.empty(0, dtype=np.intp)

@@ -104,7 +104,7 @@ def backfilled(targets: int, cache: Path) -> Path:
 def settings_for(url: str, targets: int, shard: tuple[int, int]) -> Settings:
     return Settings.model_validate(
         {
-            "prometheus": {"url": url, "timeout": "120s"},
+            "prometheus": {"url": url, "timeout": "300s", "deadline": "600s"},
             "step": f"{STEP}s",
             "lookback": f"{STEP * WINDOW}s",
             "signals": {signal: f"sim_{signal}{{{{selector}}}}" for signal in SIGNALS},
@@ -174,21 +174,27 @@ def measure_prometheus(targets: int, shard: tuple[int, int], cache: Path, model:
     }
 
 
-def print_prometheus(results: list[dict]) -> None:
-    print(
-        f"{'targets':>8} {'shard':>5} {'scored':>7} {'raw 4q':>7} | {'first':>7} {'ratio':>6} | "
-        + " ".join(f"{s:>8}" for s in (*STAGES, "/metrics"))
-        + f" {'cycle':>7} {'ratio':>6} | {'peak RSS':>9}"
-    )
-    print(f"{'':>31}| {'full cycle':^14} | {'incremental cycle (median), seconds':^60} |")
+def print_prometheus(results: list[dict], header: bool = True) -> None:
+    if header:
+        print_header()
     for r in results:
         first, inc = r["first"], r["incremental"]
         stages = " ".join(f"{inc[s]:>8.3f}" for s in (*STAGES, "render"))
         print(
             f"{r['targets']:>8} {r['shard']:>5} {r['scored']:>7} {r['raw']:>7.3f} | "
             f"{first['cycle']:>7.3f} {first['cycle'] / r['raw']:>5.2f}x | {stages} "
-            f"{inc['cycle']:>7.3f} {inc['cycle'] / r['raw']:>5.2f}x | {r['peak_rss_mb']:>6.0f} MB"
+            f"{inc['cycle']:>7.3f} {inc['cycle'] / r['raw']:>5.2f}x | {r['peak_rss_mb']:>6.0f} MB",
+            flush=True,
         )
+
+
+def print_header() -> None:
+    print(
+        f"{'targets':>8} {'shard':>5} {'scored':>7} {'raw 4q':>7} | {'first':>7} {'ratio':>6} | "
+        + " ".join(f"{s:>8}" for s in (*STAGES, "/metrics"))
+        + f" {'cycle':>7} {'ratio':>6} | {'peak RSS':>9}"
+    )
+    print(f"{'':>31}| {'full cycle':^14} | {'incremental cycle (median), seconds':^60} |", flush=True)
 
 
 def measure_simulated(targets: int, repeats: int, bundle_path: Path) -> dict[str, float]:
@@ -243,7 +249,7 @@ def main() -> None:
             child += ["--shards", str(args.shards), "--cache", str(args.cache), "--model", str(args.model)]
             done = subprocess.run(child, check=True, stdout=subprocess.PIPE, text=True)
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print_prometheus(results)
+            print_prometheus(results[-1:], header=len(results) == 1)
         return
     print(
         f"{'targets':>8} {'fetch':>9} {'features':>9} {'score':>9} {'cycle':>9} {'/metrics':>9}  (median seconds)"

@@ -13,7 +13,14 @@ from pathlib import Path
 import yaml
 
 from exporter import __version__, logs
-from exporter.config import BOOTSTRAP_MODEL, ConfigError, Settings, effective_config, load_settings
+from exporter.config import (
+    BOOTSTRAP_MODEL,
+    ConfigError,
+    Settings,
+    effective_config,
+    load_settings,
+    parse_duration,
+)
 from exporter.models.bundle import BundleError, load_bundle, save_bundle
 from exporter.models.registry import activate, list_versions, resolve
 from exporter.progress import reporter
@@ -77,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=cmd_demo)
 
-    train = commands.add_parser("train", help="train a model bundle on Prometheus history (or the simulator)")
-    train.add_argument("--source", choices=["prometheus", "simulate"], default="prometheus")
+    train = commands.add_parser(
+        "train", help="train a model bundle on Prometheus history, recorded CSVs or the simulator"
+    )
+    train.add_argument("--source", choices=["prometheus", "files", "simulate"], default="prometheus")
     train.add_argument(
         "--config", "-c", type=Path, help="YAML config: Prometheus, signals, failure definition"
     )
@@ -99,6 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--days", type=float, default=12.0, help="simulate: days of history (default 12)")
     train.add_argument(
         "--kind", default="bootstrap", choices=["bootstrap", "trained"], help="simulate: manifest kind"
+    )
+    files = train.add_argument_group("files (the backtest CSV layouts)")
+    files.add_argument(
+        "--input", type=Path, action="append", help="CSV file or directory of CSVs (repeatable)"
+    )
+    files.add_argument("--incidents", type=Path, help="incidents CSV/YAML with target,start[,end]")
+    files.add_argument("--signal-column", action="append", default=[], metavar="COLUMN=SIGNAL")
+    files.add_argument("--step", help="grid step, e.g. 1m (default: the median spacing of each file)")
+    split = train.add_argument_group("split (train / calibration / test)")
+    split.add_argument("--test-from", help="test on windows from this time on (ISO 8601 or Unix seconds)")
+    split.add_argument("--calibrate-from", help="calibrate on windows from this time to --test-from")
+    split.add_argument(
+        "--fractions",
+        default="0.6,0.2",
+        help="train,calibration shares when no times are given (default 0.6,0.2)",
+    )
+    split.add_argument("--gap", help="left out before each cut (default one lookback + horizon), e.g. 90m")
+    split.add_argument(
+        "--split-by", choices=["time", "target"], default="time", help="cut in time, or by whole targets"
     )
     train.set_defaults(handler=cmd_train)
 
@@ -268,19 +296,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if args.activate and args.models_dir is None:
         raise ConfigError("--activate needs --models-dir")
+    from exporter.sources.files import FilesError, FilesSource
+
     try:
+        split = _split_options(args)
         if args.source == "simulate":
             print(f"simulating {args.targets} targets x {args.days:g} days ...", file=sys.stderr)
             bundle = workflow.train_from_simulation(
-                args.targets, args.days, args.seed, args.kind, _command_line(), reporter("windows")
+                args.targets, args.days, args.seed, args.kind, _command_line(), reporter("windows"), split
+            )
+        elif args.source == "files":
+            if not args.input or args.incidents is None:
+                raise ValueError("--source files needs --input PATH (repeatable) and --incidents FILE")
+            step = parse_duration(args.step) if args.step else None
+            source = FilesSource(args.input, signal_columns(args.signal_column), step)
+            options = workflow.TrainingOptions(stride=args.stride, seed=args.seed, split=split)
+            bundle = workflow.train_from_files(
+                source,
+                args.incidents,
+                load_settings(args.config),
+                options,
+                _command_line(),
+                reporter("windows"),
             )
         else:
             settings = load_settings(args.config)
             span = workflow.time_range(args.since, args.start, args.end)
             bundle = workflow.train_from_prometheus(
-                settings, span, args.seed, args.stride, args.cache_dir, _command_line(), reporter("chunks")
+                settings,
+                span,
+                args.seed,
+                args.stride,
+                args.cache_dir,
+                _command_line(),
+                reporter("chunks"),
+                split,
             )
-    except (ValueError, HistoryError, IncidentsError) as exc:
+    except (ValueError, HistoryError, IncidentsError, FilesError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     target = args.out if args.out is not None else args.models_dir / bundle.manifest.version
@@ -289,6 +341,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         activate(args.models_dir, bundle.manifest.version)
     print_report(bundle.manifest.metrics, args.json, f"wrote {target} ({bundle.manifest.version})")
     return 0
+
+
+def _split_options(args: argparse.Namespace):
+    """The --test-from / --calibrate-from / --fractions / --gap / --split-by options, checked."""
+    from exporter.training.dataset import SplitOptions
+    from exporter.training.incidents import parse_time
+
+    try:
+        fractions = tuple(float(part) for part in args.fractions.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 2:
+        raise ValueError(f"--fractions takes TRAIN,CALIBRATION shares, e.g. 0.6,0.2; got {args.fractions!r}")
+    times = {}
+    for name in ("test_from", "calibrate_from"):
+        value = getattr(args, name)
+        times[name] = parse_time(value, f"--{name.replace('_', '-')}") if value is not None else None
+    gap = parse_duration(args.gap) if args.gap else None
+    return SplitOptions(fractions=fractions, gap=gap, by=args.split_by, **times)
+
+
+def signal_columns(pairs: list[str]) -> dict[str, str]:
+    """``COLUMN=SIGNAL`` options as a mapping; raises ValueError naming a malformed one."""
+    columns = {}
+    for pair in pairs:
+        column, _, signal = pair.partition("=")
+        if not column.strip() or not signal.strip():
+            raise ValueError(f"--signal-column takes COLUMN=SIGNAL, e.g. value=cpu; got {pair!r}")
+        columns[column.strip()] = signal.strip()
+    return columns
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
@@ -350,16 +432,13 @@ def cmd_models_activate(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from exporter import backtest as bt
-    from exporter.config import parse_duration
     from exporter.sources.files import FilesError, FilesSource
 
     try:
-        columns = {}
-        for pair in args.signal_column:
-            column, _, signal = pair.partition("=")
-            if not column.strip() or not signal.strip():
-                raise bt.BacktestError(f"--signal-column takes COLUMN=SIGNAL, e.g. value=cpu; got {pair!r}")
-            columns[column.strip()] = signal.strip()
+        try:
+            columns = signal_columns(args.signal_column)
+        except ValueError as exc:
+            raise bt.BacktestError(str(exc)) from None
         try:
             step = parse_duration(args.step) if args.step else None
         except ValueError as exc:

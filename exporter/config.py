@@ -37,7 +37,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # Labels the exporter adds to its own series next to the target labels.
-RESERVED_LABELS = ("horizon", "signal")
+RESERVED_LABELS = ("horizon", "signal", "bound")
 
 
 class ConfigError(Exception):
@@ -205,10 +205,33 @@ class ModelSettings(_Strict):
 
 
 class AnomalyRefitSettings(_Strict):
-    """Refit the anomaly detector on recent history (off the scoring path); off by default."""
+    """The anomaly detector: scheduled refits on recent history (off by default) and the
+    per-target statistics behind ``anomaly_score`` (models/normalize.py)."""
 
     refit_every: Duration | None = None
     fit_window: Duration = 7 * 86400.0
+    # History replayed into the statistics at start and for targets seen for the first time;
+    # 0 turns the warm start off. A day covers the daily profile's first choice.
+    warmup: Annotated[float, BeforeValidator(lambda v: 0.0 if v in (0, "0") else parse_duration(v))] = 86400.0
+    warmup_chunk: Duration = 21600.0  # history read per query during the warm start
+    seasons: tuple[Literal["daily", "weekly"], ...] = ("daily",)
+    # A new target starts from the statistics of its workload: this target label with
+    # workload_pattern's first group kept (pod "cart-7d9f8b6c4-x2k4q" -> "cart"). "" turns it off.
+    workload_label: str = "pod"
+    workload_pattern: str = r"^(.+?)(?:-[a-f0-9]{6,10})?-[a-z0-9]{5}$"
+    bands: bool = True  # export signal_expected{bound="lower|mean|upper"}
+    time_to_limit: tuple[str, ...] = ("cpu", "memory")  # signals exported as signal_time_to_limit_seconds
+
+    @field_validator("workload_pattern")
+    @classmethod
+    def _one_group(cls, pattern: str) -> str:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from exc
+        if compiled.groups < 1:
+            raise ValueError("needs a capturing group for the workload's name")
+        return pattern
 
 
 class RetrainSettings(_Strict):
@@ -462,11 +485,14 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     for section, key in (
         ("anomaly", "refit_every"),
         ("anomaly", "fit_window"),
+        ("anomaly", "warmup_chunk"),
         ("retrain", "every"),
         ("retrain", "window"),
     ):
         if data[section][key] is not None:
             data[section][key] = format_duration(data[section][key])
+    if data["anomaly"]["warmup"]:
+        data["anomaly"]["warmup"] = format_duration(data["anomaly"]["warmup"])
     prometheus = data["prometheus"]
     for key in ("timeout", "deadline", "backoff"):
         prometheus[key] = format_duration(prometheus[key])

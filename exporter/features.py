@@ -7,6 +7,18 @@ is what keeps training and serving features identical.
 
 Rates are per *step*, not per second: a window is a fixed number of steps, so a
 model trained on 60 s steps reads a 1 s-step window of the same shape the same way.
+
+Missing data has two meanings, and the features keep them apart:
+
+- a signal a target does not report at all in its window (no histogram, no limit, a
+  disabled or empty query) is *unknown*: every feature of it is NaN, which XGBoost
+  routes down the branch it learned for "absent" (training masks whole signals at
+  random, so that branch carries no evidence either way);
+- a signal that *stops* (samples in the past, none in the recent steps) is evidence:
+  ``<signal>_stale`` counts the steps since its last sample.
+
+There are no time-of-day features: incidents cluster in working hours on most
+clusters, and a classifier that learns the clock pages by the clock.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ PER_SIGNAL = (
     "rate_long",
     "rel_change",
     "missing",
+    "stale",
 )
 
 
@@ -58,30 +71,47 @@ def feature_names(signals: Sequence[str]) -> tuple[str, ...]:
         names += ["cpu_x_memory", "resource_pressure"]
     if "errors" in signals and "latency" in signals:
         names += ["errors_latency_corr", "errors_x_latency"]
-    names += ["time_of_day_sin", "time_of_day_cos"]
     return tuple(names)
 
 
 def frame_features(frame: Frame) -> Features:
     """Features of every target in a Frame, as of its newest timestamp."""
-    ends = np.full(len(frame.targets), frame.end)
-    return window_features(frame.values, ends, frame.signals)
+    return window_features(frame.values, frame.signals)
 
 
-def window_features(values: np.ndarray, ends: np.ndarray, signals: Sequence[str]) -> Features:
-    """Features of ``values[rows, time, signals]`` windows ending at ``ends[rows]`` (Unix s)."""
+def absent_signals(values: np.ndarray) -> np.ndarray:
+    """``[rows, signals]``: True where a row has no sample of that signal in its whole window."""
+    return ~np.isfinite(values).any(axis=1)
+
+
+def reporting(frame: Frame) -> Frame:
+    """The frame without targets that report no signal at all: those are not scored or exported."""
+    keep = ~absent_signals(frame.values).all(axis=1)
+    if keep.all():
+        return frame
+    return Frame(
+        values=frame.values[keep],
+        targets=tuple(t for t, kept in zip(frame.targets, keep, strict=True) if kept),
+        timestamps=frame.timestamps,
+        signals=frame.signals,
+    )
+
+
+def window_features(values: np.ndarray, signals: Sequence[str]) -> Features:
+    """Features of ``values[rows, time, signals]`` windows, as of each window's newest step."""
     columns: dict[str, np.ndarray] = {}
     rows, steps, count = values.shape
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         # One pass over every (row, signal) series: the fixed cost of each numpy call is paid
         # once per batch, not once per signal (it dominates a single API prediction).
-        stats = _signal_stats(values.transpose(0, 2, 1).reshape(rows * count, steps))
+        # Contiguous rows, so each series sums the same way whatever the batch: a target scores
+        # bit-for-bit alike alone (the API) and among all targets (the cycle).
+        stats = _signal_stats(np.ascontiguousarray(values.transpose(0, 2, 1).reshape(rows * count, steps)))
         for index, signal in enumerate(signals):
             columns.update(
                 {f"{signal}_{name}": v.reshape(rows, count)[:, index] for name, v in stats.items()}
             )
         columns.update(_cross_signal(columns, values, signals))
-    columns.update(_time_of_day(ends))
     names = feature_names(signals)
     matrix = np.column_stack([columns[name] for name in names]) if len(values) else np.empty((0, len(names)))
     return Features(values=missing_if_unusable(matrix.astype(np.float64, copy=False)), names=names)
@@ -125,8 +155,16 @@ def _signal_stats(x: np.ndarray) -> dict[str, np.ndarray]:
         "rate_short": nan_slope(x[:, -SHORT_SPAN:]),
         "rate_long": _edge_rate(x),
         "rel_change": slope * x.shape[1] / (np.abs(mean) + 1e-6),
-        "missing": 1.0 - count / max(x.shape[1], 1),
+        "missing": np.where(empty, np.nan, 1.0 - count / max(x.shape[1], 1)),
+        "stale": np.where(empty, np.nan, _trailing_gap(present)),
     }
+
+
+def _trailing_gap(present: np.ndarray) -> np.ndarray:
+    """Steps since the newest sample of each row (0 when the newest step has one)."""
+    if present.shape[1] == 0:
+        return np.zeros(len(present))
+    return np.argmax(present[:, ::-1], axis=1).astype(float)
 
 
 def last_observed(x: np.ndarray) -> np.ndarray:
@@ -175,7 +213,7 @@ def _cross_signal(columns: dict[str, np.ndarray], values: np.ndarray, signals: S
     if "cpu" in signals and "memory" in signals:
         cpu, memory = columns["cpu_last"], columns["memory_last"]
         cross["cpu_x_memory"] = cpu * memory
-        cross["resource_pressure"] = np.fmax(cpu, memory)
+        cross["resource_pressure"] = np.maximum(cpu, memory)  # NaN without both, like every cross feature
     if "errors" in signals and "latency" in signals:
         errors = values[:, :, signals.index("errors")]
         latency = values[:, :, signals.index("latency")]
@@ -204,11 +242,6 @@ def nan_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(count >= 3, corr, np.nan)
 
 
-def _time_of_day(ends: np.ndarray) -> dict[str, np.ndarray]:
-    angle = 2 * np.pi * (np.asarray(ends, dtype=float) % 86400.0) / 86400.0
-    return {"time_of_day_sin": np.sin(angle), "time_of_day_cos": np.cos(angle)}
-
-
 def select(features: Features, names: Sequence[str]) -> np.ndarray:
     """Columns in the order a model expects; a feature this frame lacks is all-NaN."""
     index = {name: i for i, name in enumerate(features.names)}
@@ -223,7 +256,7 @@ def signal_weights(names: Sequence[str], signals: Sequence[str]) -> np.ndarray:
     """``[features, signals]`` shares: how much of each feature belongs to each signal.
 
     Per-signal features belong wholly to their signal, cross-signal features are
-    split evenly between the signals they combine, time features to none.
+    split evenly between the signals they combine; a name of no signal belongs to none.
     """
     weights = np.zeros((len(names), len(signals)))
     pairs = {"cpu_x_memory": ("cpu", "memory"), "resource_pressure": ("cpu", "memory")}

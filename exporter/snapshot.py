@@ -66,6 +66,19 @@ class Explanations:
 
 
 @dataclass(frozen=True)
+class Bands:
+    """What the anomaly statistics expected of each target's newest samples (models/normalize.py)
+    and where cpu/memory are heading (models/trend.py); row i is ``Snapshot.targets[i]``."""
+
+    signals: tuple[str, ...]  # the signals queried (columns below)
+    expected: (
+        np.ndarray | None
+    )  # [targets, signals, 3] lower, mean, upper (NaN: no band yet); None: not exported
+    time_to_limit: np.ndarray  # [targets, signals] seconds until the ratio reaches 1.0 (NaN: not approaching)
+    history: np.ndarray  # [targets] samples behind each target's statistics
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Scores of every target at ``data_time``; row i of each array is ``targets[i]``."""
 
@@ -80,6 +93,7 @@ class Snapshot:
     contribution: np.ndarray  # [targets, signals] shares, see contribution_shares; NaN: not explained
     explanations: Explanations | None = None  # per-feature detail for the HTTP API
     drift: tuple[float, ...] | None = None  # PSI per signal (same order as signals), see models/drift.py
+    bands: Bands | None = None  # expected bands, time to limit, history behind anomaly_score
 
     @property
     def risk(self) -> np.ndarray:

@@ -72,9 +72,9 @@ TEST_FOR = "3s"  # every `for:` in the test copy of the rules, so alerts fire wi
 
 SEED = 1
 TARGETS = 40
-LEAD = 12  # cycles between the daemon's start and the doomed target's risk crossing 0.8
-MIN_RUN = 20  # cycles the doomed target must stay above 0.8: time to fire, notify and inhibit
-MIN_WARNING = 12  # cycles between its risk crossing 0.8 and its failure: the alert comes first
+LEAD = 12  # cycles between the daemon's start and the doomed target's risk crossing HIGH
+MIN_RUN = 20  # cycles the doomed target must stay above HIGH: time to fire, notify and inhibit
+MIN_WARNING = 12  # cycles between its risk crossing HIGH and its failure: the alert comes first
 WATCH = 120  # cycles after the start for which the healthy target must stay healthy
 REHEARSAL = 160  # cycles the twin runs ahead; bounds when the doomed target's run may start
 
@@ -204,18 +204,19 @@ class Casting:
 
     skip: int
     doomed: Target
-    doomed_kind: str  # the failing scenario it is in from its risk crossing 0.8 until it fails
+    doomed_kind: str  # the failing scenario it is in from its risk crossing HIGH until it fails
     healthy: Target
 
 
 def rehearse(bundle: ModelBundle, seed: int = SEED, targets: int = TARGETS) -> Casting:
     """Run an identical twin of the simulated daemon ahead of time and choose from its ground truth.
 
-    The doomed target is the one whose failure probability stays above 0.8 the longest
-    while a failing scenario runs on it, and that really fails at least MIN_WARNING
-    cycles after crossing 0.8; the healthy target stays in the "healthy" scenario, far
-    below every threshold, for the whole watch.
+    The doomed target is the one whose failure probability stays above the
+    HighFailureProbability threshold the longest while a failing scenario runs on it, and
+    that really fails at least MIN_WARNING cycles after crossing it; the healthy target
+    stays in the "healthy" scenario, below every alert threshold, for the whole watch.
     """
+    high, elevated = alert_threshold("HighFailureProbability"), alert_threshold("ElevatedFailureProbability")
     cluster = SimulatedCluster(targets=targets, seed=seed, incident_rate=DEMO_INCIDENT_RATE)
     twin = simulated_daemon(bundle, cluster, port=1)  # never served
     probability, scenarios = [], []
@@ -226,8 +227,8 @@ def rehearse(bundle: ModelBundle, seed: int = SEED, targets: int = TARGETS) -> C
     failing = {incident.kind for incident in cluster.incidents}
     best: tuple[int, int, int] | None = None  # (length, start, row)
     for row in range(targets):
-        high = np.concatenate([[False], p[:, row] > 0.8, [False]]).astype(int)
-        starts, ends = np.flatnonzero(np.diff(high) == 1), np.flatnonzero(np.diff(high) == -1)
+        above = np.concatenate([[False], p[:, row] > high, [False]]).astype(int)
+        starts, ends = np.flatnonzero(np.diff(above) == 1), np.flatnonzero(np.diff(above) == -1)
         for start, end in zip(starts, ends, strict=True):
             failed = [c for c in range(start, end) if scenarios[c][row] == "failed"]
             warned = scenarios[start][row] in failing and failed and failed[0] - start >= MIN_WARNING
@@ -235,14 +236,14 @@ def rehearse(bundle: ModelBundle, seed: int = SEED, targets: int = TARGETS) -> C
             if start >= LEAD and end - start >= MIN_RUN and warned and longer:
                 best = (end - start, start, row)
     if best is None:
-        raise RuntimeError(f"seed {seed}: no target crosses 0.8 for {MIN_RUN} cycles well before failing")
+        raise RuntimeError(f"seed {seed}: no target crosses {high} for {MIN_RUN} cycles well before failing")
     _, start, row = best
     skip = start - LEAD
     watched = slice(skip, min(skip + WATCH, REHEARSAL))
     healthy = [
         other
         for other in range(targets)
-        if all(s[other] == "healthy" for s in scenarios[watched]) and p[watched, other].max() < 0.2
+        if all(s[other] == "healthy" for s in scenarios[watched]) and p[watched, other].max() < elevated
     ]
     if not healthy:
         raise RuntimeError(f"seed {seed}: no target stays healthy for {WATCH} cycles")
@@ -257,6 +258,17 @@ def rehearse(bundle: ModelBundle, seed: int = SEED, targets: int = TARGETS) -> C
 
 def load_rules(path: Path = RULES) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
+
+
+def alert_threshold(name: str) -> float:
+    """The ``failure_probability > X`` threshold of a shipped alert (rules/ is the one source)."""
+    for group in load_rules()["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == name:
+                return float(
+                    re.search(r"\(failure_probability\{[^}]*\}\) > ([0-9.]+)$", rule["expr"]).group(1)
+                )
+    raise KeyError(name)
 
 
 def rules(path: Path = RULES) -> list[dict[str, Any]]:

@@ -190,7 +190,7 @@ def test_short_history_is_left_padded_like_a_target_with_short_history(url, fram
 
     window = frame.values[:1].copy()
     window[:, :-points] = np.nan
-    expected = tiny.bundle.score(window_features(window, np.array([frame.end]), frame.signals))
+    expected = tiny.bundle.score(window_features(window, frame.signals))
     assert answer["failure_probability"] == float(expected.probability[0])
 
 
@@ -202,7 +202,7 @@ def test_missing_signals_are_missing_series(url, frame, tiny):
 
     window = np.full_like(frame.values[:1], np.nan)
     window[:, :, 1] = frame.values[0, :, 1]
-    expected = tiny.bundle.score(window_features(window, np.array([frame.end]), frame.signals))
+    expected = tiny.bundle.score(window_features(window, frame.signals))
     assert answer["failure_probability"] == float(expected.probability[0])
 
 

@@ -212,6 +212,25 @@ def test_anomaly_score_measures_each_target_against_its_own_history(tiny, settin
     assert exported[labelled(P1)] == pytest.approx(float(anomaly[0]))
 
 
+def test_series_left_out_of_every_signal_do_not_fail_the_cycle(tiny, settings):
+    """An unparsable sample drops one series, not its signal: the other targets are still scored."""
+    partial = tuple(
+        QueryError(s, "unparsable_samples", "1 series dropped: a sample is not a number") for s in SIGNALS
+    )
+    daemon, _, _ = make_daemon(tiny, settings, Fetch(fetch_of(tiny, P1, P2).frame, errors=partial))
+
+    daemon.cycle()
+
+    exported = samples(daemon.registry)
+    assert exported[("failure_predictor_targets", frozenset())] == 2
+    assert (
+        exported[
+            ("failure_predictor_query_errors_total", labelled({}, signal="cpu", reason="unparsable_samples"))
+        ]
+        == 1
+    )
+
+
 def test_vanished_pod_is_forgotten_by_the_anomaly_history(tiny, settings):
     daemon, source, _ = make_daemon(tiny, settings, fetch_of(tiny, P1, P2, Q1))
     daemon.cycle()

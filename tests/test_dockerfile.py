@@ -158,7 +158,7 @@ def test_entrypoint_is_the_installed_console_script_and_cmd_runs_the_charts_conf
     cmd = last("CMD").exec_form()
     assert cmd == ["run", "--config", "/etc/failure-predictor/config.yaml"]
     chart = (REPO / "helm" / "failure-predictor" / "templates" / "workload.yaml").read_text()
-    assert "args: [run, --config, /etc/failure-predictor/config.yaml]" in chart
+    assert "args: [run, --config, /etc/failure-predictor/config.yaml{{ range .Values.extraArgs }}" in chart
     assert "mountPath: /etc/failure-predictor/config.yaml" in chart
 
 

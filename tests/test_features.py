@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -12,8 +11,10 @@ from exporter.features import (
     EXHAUSTION_CAP,
     PER_SIGNAL,
     Features,
+    absent_signals,
     feature_names,
     frame_features,
+    reporting,
     select,
     signal_weights,
     window_features,
@@ -33,8 +34,8 @@ def window(**series: list) -> np.ndarray:
     return values
 
 
-def features(values: np.ndarray, ends: np.ndarray | None = None) -> Features:
-    return window_features(values, np.zeros(len(values)) if ends is None else ends, SIGNALS)
+def features(values: np.ndarray) -> Features:
+    return window_features(values, SIGNALS)
 
 
 def stats(result: Features, signal: str, row: int = 0) -> dict[str, float]:
@@ -58,6 +59,7 @@ def test_per_signal_stats_of_a_ramp():
             "rate_long": 1.0,  # (mean of 2..6 = 4) - (mean of 1..5 = 3), over 6 - 5 = 1 step
             "rel_change": 6 / 3.5,  # slope * 6 steps / |mean|
             "missing": 0.0,
+            "stale": 0.0,
         },
         rel=1e-6,
     )
@@ -79,6 +81,7 @@ def test_flat_signal_has_zero_spread_slope_and_zscore():
             "rate_long": 0.0,
             "rel_change": 0.0,
             "missing": 0.0,
+            "stale": 0.0,
         },
         abs=1e-9,
     )
@@ -127,7 +130,7 @@ def test_single_sample_has_no_slope():
     assert result["missing"] == pytest.approx(5 / 6)
 
 
-def test_all_nan_target_yields_nan_features_without_warnings_and_leaves_other_rows_alone():
+def test_absent_target_yields_only_nan_features_without_warnings_and_leaves_other_rows_alone():
     healthy = window(
         cpu=[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]],
         memory=[[0.5, 0.5, 0.6, 0.6, 0.7, 0.7]],
@@ -138,19 +141,11 @@ def test_all_nan_target_yields_nan_features_without_warnings_and_leaves_other_ro
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = features(batch, ends=np.array([3600.0, 3600.0]))
-        alone = features(healthy, ends=np.array([3600.0]))
+        result = features(batch)
+        alone = features(healthy)
 
-    empty = dict(zip(result.names, result.values[0], strict=True))
-    assert {name for name, value in empty.items() if not np.isnan(value)} == {
-        "cpu_missing",
-        "memory_missing",
-        "latency_missing",
-        "errors_missing",
-        "time_of_day_sin",
-        "time_of_day_cos",
-    }
-    assert all(empty[f"{signal}_missing"] == 1.0 for signal in SIGNALS)
+    # Unknown, not "100 % missing": the model reads NaN as "no evidence".
+    assert np.isnan(result.values[0]).all()
     np.testing.assert_array_equal(result.values[1], alone.values[0])
     assert np.isfinite(alone.values[0]).all()
 
@@ -160,13 +155,12 @@ def test_features_of_a_target_do_not_depend_on_the_rest_of_the_batch():
     values = rng.random((5, 12, 4))
     values[rng.random(values.shape) < 0.2] = NAN
     values[3, :, 1] = NAN  # one target without memory at all
-    ends = np.arange(5) * 5000.0
-    batch = features(values, ends).values
+    batch = features(values).values
 
     for row in range(5):
-        single = features(values[row : row + 1], ends[row : row + 1]).values[0]
+        single = features(values[row : row + 1]).values[0]
         np.testing.assert_allclose(batch[row], single, rtol=1e-12, equal_nan=True)
-    reordered = features(values[[4, 1, 3]], ends[[4, 1, 3]]).values
+    reordered = features(values[[4, 1, 3]]).values
     np.testing.assert_allclose(reordered, batch[[4, 1, 3]], rtol=1e-12, equal_nan=True)
 
 
@@ -209,9 +203,10 @@ def test_cpu_times_memory_and_resource_pressure_use_the_last_values():
 
     assert result.column("cpu_x_memory")[0] == pytest.approx(0.4)
     assert result.column("resource_pressure")[0] == pytest.approx(0.8)
-    # Without CPU the product is unknown but the pressure is still the memory ratio.
+    # Without CPU both are unknown: a cross-signal feature needs both signals, so dropping a
+    # signal in training (dataset.drop_signals) blanks exactly the features it owns.
     assert np.isnan(result.column("cpu_x_memory")[1])
-    assert result.column("resource_pressure")[1] == pytest.approx(0.6)
+    assert np.isnan(result.column("resource_pressure")[1])
 
 
 def test_errors_latency_correlation():
@@ -237,38 +232,63 @@ def test_errors_latency_correlation():
     assert result.column("errors_x_latency")[0] == pytest.approx(0.05 * 0.2 / 0.15)
 
 
-@pytest.mark.parametrize(
-    ("hour", "sin", "cos"),
-    [(0, 0.0, 1.0), (6, 1.0, 0.0), (12, 0.0, -1.0), (18, -1.0, 0.0)],
-)
-def test_time_of_day_is_a_utc_clock_angle(hour, sin, cos):
-    end = datetime(2024, 5, 17, hour, tzinfo=UTC).timestamp()
-    result = features(window(cpu=[[0.5] * 6]), ends=np.array([end]))
-
-    assert result.column("time_of_day_sin")[0] == pytest.approx(sin, abs=1e-9)
-    assert result.column("time_of_day_cos")[0] == pytest.approx(cos, abs=1e-9)
-
-
-def test_frame_features_describe_the_newest_timestamp():
-    six_am = datetime(2024, 5, 17, 6, tzinfo=UTC).timestamp()
+def test_features_do_not_read_the_clock():
     values = window(cpu=[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.3] * 6])
-    frame = Frame(
-        values=values,
-        targets=({"pod": "a"}, {"pod": "b"}),
-        timestamps=six_am - 60.0 * np.arange(6)[::-1],
-        signals=SIGNALS,
-    )
+    frames = [
+        Frame(
+            values=values,
+            targets=({"pod": "a"}, {"pod": "b"}),
+            timestamps=end - 60.0 * np.arange(6)[::-1],
+            signals=SIGNALS,
+        )
+        for end in (1_700_000_000.0, 1_700_000_000.0 + 6 * 3600.0)
+    ]
 
-    result = frame_features(frame)
+    morning, noon = (frame_features(frame) for frame in frames)
 
-    np.testing.assert_allclose(result.column("time_of_day_sin"), [1.0, 1.0])
-    np.testing.assert_allclose(result.column("cpu_last"), [0.6, 0.3])
+    np.testing.assert_array_equal(morning.values, noon.values)
+    assert not [name for name in morning.names if "time" in name]
+    np.testing.assert_allclose(morning.column("cpu_last"), [0.6, 0.3])
+
+
+def test_a_signal_that_stopped_counts_the_steps_since_its_last_sample():
+    result = features(window(latency=[[0.1, 0.2, 0.1, NAN, NAN, NAN], [0.1, 0.2, 0.1, 0.2, NAN, 0.1]]))
+
+    np.testing.assert_array_equal(result.column("latency_stale"), [3.0, 0.0])
+    np.testing.assert_allclose(result.column("latency_missing"), [0.5, 1 / 6])
+    assert result.column("latency_last")[0] == pytest.approx(0.1)
+
+
+def test_a_signal_never_reported_is_unknown_in_every_feature_of_it():
+    values = window(cpu=[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]], errors=[[NAN] * 6])
+
+    result = features(values)
+
+    of_errors = [i for i, name in enumerate(result.names) if "errors" in name]
+    assert np.isnan(result.values[0, of_errors]).all()
+    others = [i for i, name in enumerate(result.names) if "errors" not in name]
+    assert np.isfinite(result.values[0, others]).all()
+
+
+def test_absent_signals_and_reporting_drop_only_targets_without_any_signal():
+    values = window(cpu=[[0.3] * 6, [NAN] * 6, [NAN] * 6], memory=[[0.5] * 6, [0.5] * 6, [NAN] * 6])
+    values[1:, :, 2:] = NAN
+    values[2] = NAN
+    frame = Frame(values, ({"pod": "a"}, {"pod": "b"}, {"pod": "silent"}), np.arange(6) * 60.0, SIGNALS)
+
+    absent = absent_signals(frame.values)
+    kept = reporting(frame)
+
+    np.testing.assert_array_equal(absent.sum(axis=0), [2, 1, 2, 2])
+    assert [t["pod"] for t in kept.targets] == ["a", "b"]
+    np.testing.assert_array_equal(kept.values, frame.values[:2])
+    assert reporting(kept) is kept
 
 
 def test_feature_names_match_the_computed_columns():
     for signals in (SIGNALS, ("cpu", "memory"), ("errors", "latency"), ("latency",)):
         values = np.full((2, 6, len(signals)), 0.5)
-        computed = window_features(values, np.zeros(2), signals)
+        computed = window_features(values, signals)
 
         assert computed.names == feature_names(signals)
         assert computed.values.shape == (2, len(feature_names(signals)))
@@ -281,11 +301,10 @@ def test_cross_signal_features_need_both_signals():
     assert "memory_exhaustion_steps" not in names
     assert "cpu_x_memory" not in names
     assert "errors_latency_corr" not in names
-    assert names[-2:] == ("time_of_day_sin", "time_of_day_cos")
 
 
 def test_empty_batch_has_named_columns_and_no_rows():
-    result = window_features(np.empty((0, 6, 4)), np.empty(0), SIGNALS)
+    result = window_features(np.empty((0, 6, 4)), SIGNALS)
 
     assert result.values.shape == (0, len(feature_names(SIGNALS)))
 
@@ -298,7 +317,7 @@ def test_select_reorders_columns_and_fills_nan_for_missing_features():
     np.testing.assert_array_equal(chosen, [[2.0, NAN, 1.0], [4.0, NAN, 3.0]])
 
 
-def test_signal_weights_split_cross_features_and_give_time_to_nobody():
+def test_signal_weights_split_cross_features_between_their_signals():
     names = feature_names(SIGNALS)
     weights = signal_weights(names, SIGNALS)
     row = {name: list(weights[i]) for i, name in enumerate(names)}
@@ -310,8 +329,8 @@ def test_signal_weights_split_cross_features_and_give_time_to_nobody():
     assert row["resource_pressure"] == [0.5, 0.5, 0.0, 0.0]
     assert row["errors_latency_corr"] == [0.0, 0.0, 0.5, 0.5]
     assert row["errors_x_latency"] == [0.0, 0.0, 0.5, 0.5]
-    assert row["time_of_day_sin"] == row["time_of_day_cos"] == [0.0, 0.0, 0.0, 0.0]
-    np.testing.assert_allclose(weights[:-2].sum(axis=1), 1.0)
+    assert row["latency_stale"] == [0.0, 0.0, 1.0, 0.0]
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
 
 
 def test_signal_weights_tell_apart_signals_whose_names_share_a_prefix():

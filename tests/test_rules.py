@@ -33,7 +33,12 @@ from exporter.sources.simulate import SimulatedCluster
 
 RUNBOOK_BASE = "https://github.com/failure-predictor/failure-predictor/blob/main/docs/runbooks.md#"
 SEVERITIES = {"critical", "warning", "info"}
-TARGET_ALERTS = ("HighFailureProbability", "ElevatedFailureProbability", "AnomalousWorkloadBehaviour")
+TARGET_ALERTS = (
+    "HighFailureProbability",
+    "ElevatedFailureProbability",
+    "AnomalousWorkloadBehaviour",
+    "PredictedResourceExhaustion",
+)
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -89,12 +94,12 @@ def test_alerts_named_in_the_issue_have_their_thresholds() -> None:
     by_name = {alert["alert"]: alert for alert in alerts()}
     high, elevated = by_name["HighFailureProbability"], by_name["ElevatedFailureProbability"]
     assert (high["expr"], high["for"], high["labels"]["severity"]) == (
-        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.8',
+        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.26',
         "5m",
         "critical",
     )
     assert (elevated["expr"], elevated["for"], elevated["labels"]["severity"]) == (
-        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.6',
+        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.15',
         "15m",
         "warning",
     )
@@ -130,7 +135,9 @@ def test_rules_readme_documents_every_alert_threshold_and_for() -> None:
         assert severity == alert["labels"]["severity"], name
         assert duration == alert["for"], name
         if threshold != "-":
-            assert re.search(rf"> {re.escape(threshold)}\b", alert["expr"]), f"{name}: threshold {threshold}"
+            assert re.search(rf"[<>] {re.escape(threshold)}\b", alert["expr"]), (
+                f"{name}: threshold {threshold}"
+            )
     assert set(table) == {alert["alert"] for alert in alerts()}
 
 

@@ -28,8 +28,9 @@ class Walk:
     failed: np.ndarray  # [targets, steps]
 
 
-def walk(targets: int, steps: int, seed: int, incident_rate: float = 2.5) -> Walk:
-    cluster = SimulatedCluster(targets=targets, seed=seed, incident_rate=incident_rate)
+def walk(targets: int, steps: int, seed: int, incident_rate: float = 2.5, realistic: bool = False) -> Walk:
+    """The clean cluster unless asked: the scenario tests check each shape on its own."""
+    cluster = SimulatedCluster(targets=targets, seed=seed, incident_rate=incident_rate, realistic=realistic)
     values, scenarios, failed = [], [], []
     for _ in range(steps):
         values.append(cluster.advance(1))
@@ -45,7 +46,7 @@ def walk(targets: int, steps: int, seed: int, incident_rate: float = 2.5) -> Wal
 
 @pytest.fixture(scope="module")
 def busy() -> History:
-    return simulate_history(targets=40, steps=3 * 1440, seed=3, incident_rate=20)
+    return simulate_history(targets=40, steps=3 * 1440, seed=3, incident_rate=20, realistic=False)
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +92,10 @@ def test_memory_leak_reaches_limit_before_oom_incident(busy: History) -> None:
     memory = busy.frame.values[..., MEMORY]
     for incident in incidents_of(busy, "memory_leak"):
         at = index(busy, incident.start)
-        ramp = memory[incident.target, at - 20 : at]
-        assert np.nanmax(ramp[-2:]) >= 0.97
+        ramp = memory[incident.target, at - 40 : at]
+        assert np.nanmax(ramp[-2:]) >= 0.97  # at the limit, or thrashing just under it
         ok = ~np.isnan(ramp)
-        assert np.polyfit(np.arange(20)[ok], ramp[ok], 1)[0] > 0
+        assert np.polyfit(np.arange(40)[ok], ramp[ok], 1)[0] > 0
 
 
 @pytest.mark.parametrize(
@@ -205,7 +206,7 @@ def test_values_stay_in_plausible_ranges(busy: History) -> None:
 
 
 def test_scrape_misses_are_rare_but_present() -> None:
-    values = simulate_history(targets=40, steps=2000, seed=4, incident_rate=0).frame.values
+    values = simulate_history(targets=40, steps=2000, seed=4, incident_rate=0, realistic=False).frame.values
     missing = np.isnan(values).all(axis=-1)
     assert np.array_equal(missing, np.isnan(values).any(axis=-1))
     assert 0.002 < missing.mean() < 0.01
@@ -218,7 +219,7 @@ def test_quiet_cluster_has_no_incidents() -> None:
 
 
 def test_cpu_follows_a_daily_cycle() -> None:
-    history = simulate_history(targets=20, steps=2 * 1440, seed=6, incident_rate=0)
+    history = simulate_history(targets=20, steps=2 * 1440, seed=6, incident_rate=0, realistic=False)
     cpu = history.frame.values[..., CPU]
     angle = 2 * np.pi * history.frame.timestamps / 86_400
     design = np.column_stack([np.ones_like(angle), np.sin(angle), np.cos(angle)])
@@ -231,7 +232,9 @@ def test_cpu_follows_a_daily_cycle() -> None:
 
 
 def test_noise_is_autocorrelated() -> None:
-    errors = simulate_history(targets=20, steps=1440, seed=6, incident_rate=0).frame.values[..., ERRORS]
+    errors = simulate_history(targets=20, steps=1440, seed=6, incident_rate=0, realistic=False).frame.values[
+        ..., ERRORS
+    ]
     log = np.log(errors) - np.nanmean(np.log(errors), axis=1, keepdims=True)
     lag = np.nansum(log[:, 1:] * log[:, :-1]) / np.nansum(log * log)
     assert lag > 0.7
@@ -298,3 +301,115 @@ def test_source_windows_match_the_cluster_history(steps_per_fetch: int) -> None:
 def test_invalid_arguments_are_rejected(make) -> None:
     with pytest.raises(ValueError):
         make()
+
+
+@pytest.fixture(scope="module")
+def real() -> Walk:
+    return walk(targets=60, steps=3 * 1440, seed=12, incident_rate=6, realistic=True)
+
+
+def healthy_rows(real: Walk) -> np.ndarray:
+    """Rows of healthy targets that run no failing scenario: what must not page anyone."""
+    return np.isin(real.scenarios, ["healthy", *LOOKALIKES, "noisy_neighbour", "rollout"])
+
+
+def test_realistic_pods_lack_whole_signals_as_real_pods_do(real: Walk) -> None:
+    reports = real.cluster.reports
+    never = np.isnan(real.values).all(axis=1)
+    np.testing.assert_array_equal(never, ~reports)
+    assert reports[:, [CPU, MEMORY]].all()
+    share = reports.mean(axis=0)
+    assert 0.4 < share[LATENCY] < 0.8 and 0.45 < share[ERRORS] < 0.85
+    assert (~reports[:, LATENCY] & ~reports[:, ERRORS]).sum() >= 10  # no HTTP metrics at all
+
+
+def test_pods_without_limits_report_cores_and_burstable_memory_above_one(real: Walk) -> None:
+    healthy = healthy_rows(real)
+    cpu, memory = real.values[..., CPU], real.values[..., MEMORY]
+    over_one = [
+        (np.nanmedian(series[row][healthy[row]]) > 1.0) for series in (cpu, memory) for row in range(60)
+    ]
+    assert sum(over_one[:60]) >= 2  # pods of more than a core, no limit
+    assert sum(over_one[60:]) >= 3  # burstable pods above their request
+
+
+def test_idle_pods_use_almost_no_cpu_and_report_latency_only_sometimes(real: Walk) -> None:
+    cpu = np.nanmedian(real.values[..., CPU], axis=1)
+    latency_present = np.isfinite(real.values[..., LATENCY]).mean(axis=1)
+    idle = (cpu < 0.012) & real.cluster.reports[:, LATENCY]
+    assert idle.sum() >= 2
+    assert ((latency_present[idle] > 0.05) & (latency_present[idle] < 0.75)).all()
+    assert (np.nanmin(real.values[..., CPU], axis=1) < 0.006).any()
+
+
+def test_healthy_pods_have_scrape_gaps_of_several_minutes(real: Walk) -> None:
+    silent = np.isnan(real.values).all(axis=-1) & healthy_rows(real)
+    runs = silent[:, 2:] & silent[:, 1:-1] & silent[:, :-2]
+    assert runs.any(axis=1).sum() >= 20
+    assert silent.mean() < 0.03
+
+
+def test_healthy_lookalikes_cross_static_thresholds(real: Walk) -> None:
+    healthy = healthy_rows(real)
+    values = real.values
+    limited_memory = np.nanmax(values[..., MEMORY], axis=1) <= 1.0
+    hot = (values[..., MEMORY] > 0.9) & healthy & limited_memory[:, None]
+    assert hot.any(axis=1).sum() >= 2
+    served = real.cluster.reports[:, LATENCY]
+    latency = values[served][..., LATENCY]
+    slow = (latency > 3 * np.nanmedian(latency, axis=1, keepdims=True)) & healthy[served]
+    assert slow.sum() >= 20
+
+
+def test_realistic_scenarios_need_the_signal_that_shows_them(real: Walk) -> None:
+    reports = real.cluster.reports
+    kinds_of = {row: set(real.scenarios[row]) for row in range(60)}
+    for row, kinds in kinds_of.items():
+        if not reports[row, LATENCY]:
+            assert "latency_degradation" not in kinds
+        if not reports[row, ERRORS]:
+            assert "error_burst" not in kinds and "error_blip" not in kinds
+    assert {i.kind for i in real.cluster.incidents} == FAILING | {"hang"}
+
+
+def test_a_hung_pod_stops_reporting_requests_before_it_fails(real: Walk) -> None:
+    hangs = [i for i in real.cluster.incidents if i.kind == "hang"]
+    assert len(hangs) >= 5
+    for incident in hangs:
+        at = int(
+            np.searchsorted(real.cluster.now - STEP * np.arange(real.values.shape[1])[::-1], incident.start)
+        )
+        before = real.values[incident.target, at - 3 : at]
+        assert np.isnan(before[:, [LATENCY, ERRORS]]).all()
+        assert np.isfinite(before[:, MEMORY]).any()
+
+
+def test_incidents_start_at_any_time_of_day() -> None:
+    history = simulate_history(targets=60, steps=4 * 1440, seed=13, incident_rate=6)
+    hours = np.array([(i.start % 86_400) // 3600 for i in history.incidents])
+    quarters = np.bincount((hours // 6).astype(int), minlength=4) / len(hours)
+    assert len(hours) > 200
+    assert (quarters > 0.18).all()
+
+
+@pytest.mark.parametrize("step", [15.0, 300.0])
+def test_other_step_sizes_keep_scenarios_in_minutes(step: float) -> None:
+    steps = int(2 * 86_400 / step)
+    history = simulate_history(targets=30, steps=steps, seed=14, step=step, incident_rate=10, realistic=False)
+    assert history.frame.step == step
+    leaks = [i for i in history.incidents if i.kind == "memory_leak"]
+    assert leaks
+    memory = history.frame.values[..., MEMORY]
+    for incident in leaks:
+        at = int(np.searchsorted(history.frame.timestamps, incident.start))
+        assert np.nanmax(memory[incident.target, max(at - 2, 0) : at]) >= 0.8  # at most 10 min before
+    for incident in history.incidents:
+        assert 3 * step <= incident.end - incident.start <= 10 * step
+
+
+def test_realistic_cluster_is_deterministic_by_seed() -> None:
+    first = SimulatedCluster(targets=20, seed=21)
+    second = SimulatedCluster(targets=20, seed=21)
+    np.testing.assert_array_equal(first.advance(3000), second.advance(3000))
+    np.testing.assert_array_equal(first.reports, second.reports)
+    assert first.incidents == second.incidents

@@ -23,9 +23,10 @@ from exporter.cli import main
 from exporter.config import BOOTSTRAP_MODEL, AnomalyRefitSettings, RetrainSettings, load_settings
 from exporter.models.bundle import ModelBundle, load_bundle, save_bundle
 from exporter.models.registry import activate, list_versions, resolve
+from exporter.sources.prometheus import plan_chunks
 from exporter.sources.simulate import History, simulate_history
-from exporter.training.dataset import TrainingOptions
-from exporter.training.history import HistoryReader, plan_chunks
+from exporter.training.dataset import SplitOptions, TrainingOptions
+from exporter.training.history import HistoryReader
 from exporter.training.refit import Refitter
 from exporter.training.train import train_bundle
 
@@ -230,7 +231,12 @@ def test_retrain_replaces_a_worse_model_but_not_a_better_one(
         history.frame.timestamps[0], history.frame.timestamps[-1]
     )
     seen_it = train_bundle(
-        everything, tuple(settings.queries), 60.0, TrainingOptions(fractions=(0.9, 0.05)), "trained", {}
+        everything,
+        tuple(settings.queries),
+        60.0,
+        TrainingOptions(split=SplitOptions(fractions=(0.9, 0.05))),
+        "trained",
+        {},
     )
     better = published(tmp_path, seen_it, "better")
 

@@ -7,14 +7,16 @@ handful of pods. Every value is a pure function of the time since ``start()``,
 so counters are monotonic and a run is reproducible from its seed.
 
 Two pods misbehave so that tests have something to predict: the *leaky* pod's
-working set climbs from ~40 % to ~98 % of its limit over ``leak_seconds`` and
-then stays there, and the *erroring* pod's error ratio climbs from ~0.5 % to
-~25 % over the same span. Neither recovers, so they stay risky for as long as a
-test session lasts.
+working set climbs from ~40 % to ~98 % of its limit over ``leak_seconds``, and
+the *erroring* pod's error ratio climbs from ~0.5 % to ~25 % over the same span;
+then both restart and go wrong again, every ``leak_seconds``, for as long as a
+test session lasts. (A pod pinned at 98 % or at 25 % errors with no trend is
+either fine or already failed; neither is what a predictor is for.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import threading
@@ -55,17 +57,19 @@ class _Pod:
     latency_median: float
     period: float
     phase: float
+    http: bool = True  # False: no request metrics at all, like a database or a queue
 
 
 def _ramp(t: float, start: float, end: float, span: float) -> float:
-    """Linear from ``start`` at t=0 to ``end`` at t=span, flat afterwards."""
-    return start + (end - start) * min(t / span, 1.0)
+    """Linear from ``start`` to ``end`` over each ``span``, then back to ``start``: the pod is
+    killed at the top (OOM, failing health checks), restarts and goes wrong again."""
+    return start + (end - start) * ((t % span) / span)
 
 
 def _ramp_integral(t: float, start: float, end: float, span: float) -> float:
     """Integral of ``_ramp`` from 0 to t, which turns a ratio ramp into a counter."""
-    rising = t * t / (2 * span) if t < span else t - span / 2
-    return start * t + (end - start) * rising
+    cycles, into = divmod(t, span)
+    return cycles * span * (start + end) / 2 + start * into + (end - start) * into * into / (2 * span)
 
 
 def _wobbly_counter(t: float, rate: float, pod: _Pod) -> float:
@@ -138,7 +142,7 @@ def _http_families(scrape: _Scrape) -> Iterator[Metric]:
     requests = CounterMetricFamily(
         "http_requests_total", "HTTP requests answered, by status code.", labels=["namespace", "pod", "code"]
     )
-    for pod in scrape.pods:
+    for pod in (p for p in scrape.pods if p.http):
         ids = [scrape.namespace, pod.name]
         total = _wobbly_counter(scrape.t, pod.requests_per_second, pod)
         # Errors follow the nominal rate, so successes still grow at >= 65 % of it.
@@ -192,6 +196,7 @@ class Workload(Served):
         leak_seconds: float = 90.0,
         seed: int = 0,
         namespace: str = "demo",
+        without_http: int = 0,
     ) -> None:
         if pods < 3:
             raise ValueError(f"Workload needs pods >= 3 (a leaky, an erroring and a healthy one), got {pods}")
@@ -200,6 +205,12 @@ class Workload(Served):
         self.namespace = namespace
         self.leak_seconds = leak_seconds
         self._pods, self.leaky_pod, self.erroring_pod = _make_pods(pods, random.Random(seed))
+        if without_http > len(self.healthy_pods):
+            raise ValueError(
+                f"Workload without_http={without_http}: only {len(self.healthy_pods)} healthy pods"
+            )
+        quiet = set(self.healthy_pods[len(self.healthy_pods) - without_http :])
+        self._pods = tuple(dataclasses.replace(p, http=p.name not in quiet) for p in self._pods)
         self._lock = threading.Lock()
         self._started: float | None = None
         self._server: tuple[WSGIServer, threading.Thread] | None = None
@@ -218,6 +229,11 @@ class Workload(Served):
     def pods(self) -> list[str]:
         """Pods exported right now."""
         return [pod.name for pod in self._pods]
+
+    @property
+    def pods_without_http(self) -> list[str]:
+        """Healthy pods that export no request metrics (no latency histogram, no request counter)."""
+        return [pod.name for pod in self._pods if not pod.http]
 
     @property
     def healthy_pods(self) -> list[str]:

@@ -38,8 +38,13 @@ class FailureClassifier:
         self.n_jobs = n_jobs
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_cal: np.ndarray, y_cal: np.ndarray) -> FailureClassifier:
-        _check_labels(y, "training")
         _check_labels(y_cal, "calibration")
+        self.fit_trees(X, y)
+        return self.fit_calibration(self.margin(X_cal), y_cal)
+
+    def fit_trees(self, X: np.ndarray, y: np.ndarray) -> FailureClassifier:
+        """The trees alone; ``fit_calibration`` must follow before ``predict_proba``."""
+        _check_labels(y, "training")
         positives = float(y.sum())
         model = xgb.XGBClassifier(
             n_estimators=self.n_estimators,
@@ -55,7 +60,12 @@ class FailureClassifier:
         )
         model.fit(X, y)
         self.booster_ = model.get_booster()
-        platt = LogisticRegression(C=1e6).fit(self.margin(X_cal)[:, None], y_cal)
+        return self
+
+    def fit_calibration(self, margin: np.ndarray, y: np.ndarray) -> FailureClassifier:
+        """Platt scaling of margins the trees produced on rows they were not fitted on."""
+        _check_labels(y, "calibration")
+        platt = LogisticRegression(C=1e6).fit(margin[:, None], y)
         self.calibration_ = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
         return self
 

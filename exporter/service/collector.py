@@ -24,6 +24,7 @@ from exporter.service.state import State
 from exporter.snapshot import Snapshot
 
 STAGES = ("query", "features", "score", "publish")
+BOUNDS = ("lower", "mean", "upper")
 # The libraries a bundle's behaviour depends on (label prefix: distributions that provide it),
 # reported next to the package version.
 BUILD_LIBRARIES = {
@@ -78,6 +79,29 @@ class SelfMetrics:
             "failure_predictor_cycles_total",
             "Scoring cycles run, by outcome (success or failure).",
             ["outcome"],
+            registry=registry,
+        )
+        self.targets_missing_signal = Gauge(
+            "failure_predictor_targets_missing_signal",
+            "Targets scored in the last cycle without any sample of this signal in their window "
+            "(scored from the other signals).",
+            ["signal"],
+            registry=registry,
+        )
+        self.warmup_errors = Counter(
+            "failure_predictor_anomaly_warmup_errors_total",
+            "Anomaly warm-ups whose history could not be read (those targets started cold), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.warmup_running = Gauge(
+            "failure_predictor_anomaly_warmup_running",
+            "1 while anomaly statistics are being replayed from Prometheus history, else 0.",
+            registry=registry,
+        )
+        self.warmed_targets = Counter(
+            "failure_predictor_anomaly_warmed_targets_total",
+            "Targets whose anomaly statistics were taken over from a history replay.",
             registry=registry,
         )
         self.targets_dropped = Gauge(
@@ -189,3 +213,34 @@ class SnapshotCollector(Collector):
                 for column, signal in enumerate(snapshot.signals):
                     contribution.add_metric([*values, signal], float(snapshot.contribution[row, column]))
         yield from (probability, risk, anomaly, contribution)
+        if snapshot.bands is not None:
+            yield from _bands(snapshot, labels)
+
+
+def _bands(snapshot: Snapshot, labels: list[str]) -> Iterator[Metric]:
+    """signal_expected and signal_time_to_limit_seconds; a NaN (no band yet, not approaching the
+    limit) is simply absent."""
+    bands = snapshot.bands
+    expected = GaugeMetricFamily(
+        "signal_expected",
+        "The band anomaly_score expected the newest sample in (lower, mean, upper; 3 deviations, wider on short history).",
+        labels=[*labels, "signal", "bound"],
+    )
+    limit = GaugeMetricFamily(
+        "signal_time_to_limit_seconds",
+        "Seconds until the signal's ratio of its limit reaches 1.0 at the current trend (absent when not approaching).",
+        labels=[*labels, "signal"],
+    )
+    for row, target in enumerate(snapshot.targets):
+        values = [target.get(name, "") for name in labels]
+        for column, signal in enumerate(bands.signals):
+            if bands.expected is not None:
+                for bound, value in zip(BOUNDS, bands.expected[row, column].tolist(), strict=True):
+                    if value == value:
+                        expected.add_metric([*values, signal, bound], value)
+            seconds = float(bands.time_to_limit[row, column])
+            if seconds == seconds:
+                limit.add_metric([*values, signal], seconds)
+    if bands.expected is not None:
+        yield expected
+    yield limit

@@ -577,8 +577,7 @@ class _Job:
 def _score_jobs(jobs: list[_Job]) -> list[tuple[Features, Scores]]:
     bundle = jobs[0].bundle
     values = np.concatenate([job.values for job in jobs])
-    ends = np.concatenate([job.ends for job in jobs])
-    features = window_features(values, ends, bundle.manifest.signals)
+    features = window_features(values, bundle.manifest.signals)
     scores = bundle.score(features)
     results, start = [], 0
     for job in jobs:

@@ -341,6 +341,51 @@ def align(
     return values, keys, duplicated
 
 
+MAX_POINTS = 11_000  # Prometheus refuses range queries with more points per series
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows ending in [first, last] (step indices into the whole range)."""
+
+    first: int
+    last: int
+
+
+def plan_chunks(steps: int, chunk_steps: int, window_steps: int) -> list[Chunk]:
+    """Split ``steps`` into chunks whose queries (chunk + window lead-in) fit the point limit."""
+    if chunk_steps + window_steps - 1 > MAX_POINTS:
+        raise ValueError(
+            f"chunk of {chunk_steps} steps plus a {window_steps}-step window exceeds {MAX_POINTS} points"
+        )
+    return [Chunk(first, min(first + chunk_steps, steps) - 1) for first in range(0, steps, chunk_steps)]
+
+
+def read_range(
+    client: PrometheusClient,
+    settings: Settings,
+    timestamps: np.ndarray,
+    describe: Callable[[str], str] = str,
+    sharded: bool = True,
+) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """Every signal of every target (of this shard when ``sharded``) on the grid ``timestamps``,
+    one range query per signal: ``values[targets, time, signals]`` and the target keys. Raises
+    QueryFailed with the message "<describe(signal)> (<reason>): <error>"."""
+    per_signal = {}
+    for signal, query in settings.queries.items():
+        try:
+            result = client.query_range(query, timestamps[0], timestamps[-1], settings.step)
+            series, _ = parse_series(result, settings.target_labels)
+        except QueryFailed as exc:
+            raise QueryFailed(exc.reason, f"{describe(signal)} ({exc.reason}): {exc}") from exc
+        shard = settings.shard
+        if sharded and shard.count > 1:
+            series = [s for s in series if shard_of(s.key, shard.count) == shard.index]
+        per_signal[signal] = series
+    values, keys, _ = align(per_signal, tuple(settings.queries), timestamps, settings.max_targets)
+    return values, keys
+
+
 class ClashLog:
     """Warns once per change when a signal's series do not map one-to-one onto targets.
 
@@ -644,6 +689,12 @@ class PrometheusSource:
                 message = f"{outcome.unparsable} series dropped: a sample is not a number"
                 errors.append((read.signal, QueryError(signal, "unparsable_samples", message), False))
         return errors
+
+    def read_history(self, timestamps: np.ndarray) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+        """Every signal on an earlier grid (the anomaly warm start); raises QueryFailed."""
+        return read_range(
+            self._client, self._settings, timestamps, lambda signal: f"history of signal {signal!r}"
+        )
 
     def close(self) -> None:
         """Abandon the queries in flight (shutdown); their threads end at once."""

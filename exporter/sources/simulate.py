@@ -6,6 +6,16 @@ ramps for an hour before the OOM kill) next to healthy behaviour that looks alar
 but recovers (a load spike, a GC sawtooth), so that a classifier with a 30-minute
 horizon learns the difference.
 
+By default (``realistic=True``) the cluster is randomised the way real clusters are
+(domain randomisation, deterministic by seed): many pods export no HTTP metrics (no
+latency, no errors), some have no CPU limit (cpu in cores) or no memory limit (memory
+as a ratio to the request, above 1 for burstable pods), idle pods report NaN latency
+between requests and use 0.005 of a core, scrapes go missing for minutes, healthy pods
+restart in rollouts, noisy neighbours slow pods down, and some healthy pods run hot
+enough to cross static thresholds (memory at 0.95 of its limit, CPU near its limit).
+``realistic=False`` gives the clean cluster (four signals, limits, no idle pods), which
+the scenario tests use to check each shape on its own.
+
 Everything is vectorised over targets. The only Python loop is over time, because a
 target's scenario at one step depends on its scenario at the step before; the signal
 values are then rendered for all targets and steps at once. Randomness comes from
@@ -23,6 +33,7 @@ from exporter.frame import Frame
 from exporter.sources import Fetch
 
 SIGNALS = ("cpu", "memory", "latency", "errors")
+_CPU, _MEMORY, _LATENCY, _ERRORS = range(len(SIGNALS))
 
 _DAY = 86_400.0
 _HEALTHY = -1
@@ -30,7 +41,21 @@ _SCRAPE_MISS = 0.005
 _NOISE_MEMORY = 600.0  # seconds: the AR(1) noise correlation time
 _CHUNK = 1024  # steps rendered at once: bounds memory for long histories
 # Uniform draws per target per step, one column per decision.
-_U_START, _U_KIND, _U_DURATION, _U_A, _U_B, _U_FAIL_STEPS, _U_GAP, _U_MISS = range(8)
+(
+    _U_START,
+    _U_KIND,
+    _U_DURATION,
+    _U_A,
+    _U_B,
+    _U_FAIL_STEPS,
+    _U_GAP,
+    _U_MISS,
+    _U_OUTAGE,
+    _U_OUTAGE_STEPS,
+    _U_IDLE,
+) = range(11)
+_UNIFORMS = 11
+_OUTAGE_STEPS = (1, 6)  # a scrape outage (target or Prometheus busy) lasts this many steps
 
 
 @dataclass(frozen=True)
@@ -45,12 +70,31 @@ _KINDS = (
     _Kind("cpu_saturation", True, (15, 60)),
     _Kind("latency_degradation", True, (20, 60)),
     _Kind("error_burst", True, (10, 45)),
+    _Kind("hang", True, (5, 20)),  # the app stops serving (and exporting) before the liveness kill
     _Kind("load_spike", False, (10, 30)),
     _Kind("memory_sawtooth", False, (30, 120)),
     _Kind("error_blip", False, (2, 6)),
     _Kind("cache_warmup", False, (20, 90)),
+    _Kind("noisy_neighbour", False, (10, 40)),
+    _Kind("rollout", False, (20, 60)),  # a healthy restart: a scrape gap, then a cold cache
 )
-_LEAK, _SATURATION, _DEGRADATION, _BURST, _SPIKE, _SAWTOOTH, _BLIP, _WARMUP = range(8)
+(
+    _LEAK,
+    _SATURATION,
+    _DEGRADATION,
+    _BURST,
+    _HANG,
+    _SPIKE,
+    _SAWTOOTH,
+    _BLIP,
+    _WARMUP,
+    _NEIGHBOUR,
+    _ROLLOUT,
+) = range(len(_KINDS))
+_CLEAN_KINDS = (_LEAK, _SATURATION, _DEGRADATION, _BURST, _SPIKE, _SAWTOOTH, _BLIP, _WARMUP)
+_NEEDS_LATENCY = (_DEGRADATION,)
+_NEEDS_ERRORS = (_BURST, _BLIP)
+_NEEDS_HTTP = (_HANG,)
 _FAILS = np.array([kind.fails for kind in _KINDS])
 _FAILED_STEPS = (3, 10)
 _BURST_PEAK = 0.049  # an error burst's ratio just before it counts as failed (> 0.05)
@@ -81,7 +125,12 @@ class Incident:
 
 @dataclass(frozen=True)
 class _Baseline:
-    """Per-target healthy levels: what makes one pod look unlike another."""
+    """Per-target healthy levels and what the target exports: what makes one pod unlike another.
+
+    ``cpu_limited``: cpu is a ratio to the limit (else cores); ``memory_ceiling``: where
+    memory runs out (1.0 of the limit, or a multiple of the request for burstable pods);
+    ``reports``: ``[targets, signals]`` which signals the target exports at all.
+    """
 
     cpu: np.ndarray
     memory: np.ndarray
@@ -89,16 +138,81 @@ class _Baseline:
     errors: np.ndarray
     phase: np.ndarray
     amplitude: np.ndarray
+    cpu_limited: np.ndarray
+    memory_ceiling: np.ndarray
+    noise: np.ndarray
+    jitter: np.ndarray  # [targets, signals] white noise on top (p99 and error ratios are spiky)
+    idle: np.ndarray  # share of steps without requests (latency and errors NaN)
+    outages: np.ndarray  # scrape outages started per step
+    reports: np.ndarray
+    kinds: np.ndarray  # [targets, kinds] scenarios the target can show
 
     @classmethod
-    def draw(cls, targets: int, rng: np.random.Generator) -> _Baseline:
+    def draw(cls, targets: int, rng: np.random.Generator, realistic: bool, step: float) -> _Baseline:
+        cpu = rng.uniform(0.05, 0.45, targets)
+        memory = rng.uniform(0.15, 0.6, targets)
+        amplitude = rng.uniform(0.1, 0.5, targets)
+        u = rng.random((targets, 8))  # drawn in every mode, so both share the levels above
+        if not realistic:
+            reports = np.ones((targets, len(SIGNALS)), bool)
+            kinds = np.zeros((targets, len(_KINDS)), bool)
+            kinds[:, list(_CLEAN_KINDS)] = True
+            return cls(
+                cpu=cpu,
+                memory=memory,
+                latency=np.exp(rng.uniform(np.log(0.03), np.log(0.5), targets)),
+                errors=np.exp(rng.uniform(np.log(0.0005), np.log(0.005), targets)),
+                phase=rng.uniform(0.0, 2 * np.pi, targets),
+                amplitude=amplitude,
+                cpu_limited=np.ones(targets, bool),
+                memory_ceiling=np.ones(targets),
+                noise=np.ones(targets),
+                jitter=np.zeros((targets, len(SIGNALS))),
+                idle=np.zeros(targets),
+                outages=np.zeros(targets),
+                reports=reports,
+                kinds=kinds,
+            )
+        cpu_limited = u[:, 0] < 0.7
+        memory_limited = u[:, 1] < 0.75
+        idle = u[:, 2] < 0.12
+        hot_cpu = cpu_limited & ~idle & (u[:, 3] < 0.1)
+        hot_memory = memory_limited & (u[:, 4] < 0.1)
+        cpu = np.where(cpu_limited, cpu, np.exp(rng.uniform(np.log(0.02), np.log(2.0), targets)))
+        cpu = np.where(hot_cpu, rng.uniform(0.7, 0.85, targets), cpu)
+        cpu = np.where(idle, rng.uniform(0.003, 0.01, targets), cpu)
+        amplitude = np.where(rng.random(targets) < 0.2, 0.0, amplitude)  # flat pods
+        amplitude = np.where(hot_cpu, np.minimum(amplitude, 0.12), amplitude)
+        burstable = rng.uniform(0.5, 1.8, targets)
+        memory = np.where(memory_limited, memory, burstable)
+        memory = np.where(hot_memory, rng.uniform(0.88, 0.95, targets), memory)
+        ceiling = np.where(memory_limited, 1.0, burstable * rng.uniform(1.6, 2.5, targets))
+        http = u[:, 5]
+        reports = np.ones((targets, len(SIGNALS)), bool)
+        reports[:, _LATENCY] = (http < 0.55) | ((http >= 0.65) & (http < 0.7))
+        reports[:, _ERRORS] = http < 0.65
+        kinds = np.ones((targets, len(_KINDS)), bool)
+        for kind in _NEEDS_LATENCY:
+            kinds[:, kind] = reports[:, _LATENCY]
+        for kind in _NEEDS_ERRORS:
+            kinds[:, kind] = reports[:, _ERRORS]
+        for kind in _NEEDS_HTTP:
+            kinds[:, kind] = reports[:, _LATENCY] | reports[:, _ERRORS]
         return cls(
-            cpu=rng.uniform(0.05, 0.45, targets),
-            memory=rng.uniform(0.15, 0.6, targets),
-            latency=np.exp(rng.uniform(np.log(0.03), np.log(0.5), targets)),
-            errors=np.exp(rng.uniform(np.log(0.0005), np.log(0.005), targets)),
+            cpu=cpu,
+            memory=memory,
+            latency=np.exp(rng.uniform(np.log(0.01), np.log(1.0), targets)),
+            errors=np.exp(rng.uniform(np.log(0.0002), np.log(0.008), targets)),
             phase=rng.uniform(0.0, 2 * np.pi, targets),
-            amplitude=rng.uniform(0.1, 0.5, targets),
+            amplitude=amplitude,
+            cpu_limited=cpu_limited,
+            memory_ceiling=ceiling,
+            noise=np.exp(rng.uniform(np.log(0.5), np.log(2.5), targets)),
+            jitter=rng.uniform(0.0, 1.0, (targets, len(SIGNALS))) * np.array([0.2, 0.0, 0.4, 0.6]),
+            idle=np.where(idle, rng.uniform(0.3, 0.9, targets), 0.0),
+            outages=rng.uniform(0.0, 6.0, targets) * step / _DAY,
+            reports=reports,
+            kinds=kinds,
         )
 
 
@@ -113,6 +227,7 @@ class _Trace:
     a: np.ndarray
     b: np.ndarray
     gap: np.ndarray
+    outage: np.ndarray
 
     @classmethod
     def empty(cls, targets: int, steps: int) -> _Trace:
@@ -125,6 +240,7 @@ class _Trace:
             a=np.empty(shape),
             b=np.empty(shape),
             gap=np.empty(shape, np.int64),
+            outage=np.empty(shape, bool),
         )
 
 
@@ -132,8 +248,10 @@ class SimulatedCluster:
     """A cluster of `targets` pods whose signals advance one `step` at a time.
 
     Healthy targets start a scenario at random, `incident_rate` times per day on
-    average; about half of the scenarios end in a failure (recorded in `incidents`),
-    the others are look-alikes that recover on their own.
+    average, at any time of day; about half of the scenarios end in a failure (recorded
+    in `incidents`), the others are look-alikes that recover on their own. A target only
+    runs scenarios its signals can show (no latency degradation without latency), since
+    a failure no signal announces teaches a model nothing but noise.
     """
 
     def __init__(
@@ -143,6 +261,7 @@ class SimulatedCluster:
         step: float = 60.0,
         start: float = 1_767_225_600.0,
         incident_rate: float = 2.5,
+        realistic: bool = True,
     ) -> None:
         if targets < 1:
             raise ValueError(f"targets must be at least 1, got {targets}")
@@ -150,8 +269,8 @@ class SimulatedCluster:
             raise ValueError(f"step must be positive seconds, got {step}")
         if incident_rate < 0:
             raise ValueError(f"incident_rate must be >= 0 scenarios per day, got {incident_rate}")
-        labels_rng, baseline_rng, self._events, self._noise = (
-            np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+        labels_rng, baseline_rng, self._events, self._noise, self._spikes = (
+            np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
         )
         self.labels = _labels(targets, labels_rng)
         self.incidents: list[Incident] = []
@@ -160,7 +279,7 @@ class SimulatedCluster:
         self._count = 0
         self._p_start = incident_rate * step / _DAY
         self._phi = np.exp(-step / _NOISE_MEMORY)
-        self._base = _Baseline.draw(targets, baseline_rng)
+        self._base = _Baseline.draw(targets, baseline_rng, realistic, step)
         self._z = self._noise.standard_normal((targets, len(SIGNALS)))
         self._kind = np.full(targets, _HEALTHY)
         self._failed = np.zeros(targets, bool)
@@ -169,6 +288,7 @@ class SimulatedCluster:
         self._a = np.zeros(targets)
         self._b = np.zeros(targets)
         self._gap = np.zeros(targets, np.int64)
+        self._outage = np.zeros(targets, np.int64)  # steps left of a scrape outage
         minutes = np.array([kind.minutes for kind in _KINDS])
         self._min_steps, self._max_steps = np.maximum(1, np.round(minutes * 60 / step)).astype(np.int64).T
 
@@ -185,6 +305,11 @@ class SimulatedCluster:
     def advance(self, steps: int = 1) -> np.ndarray:
         """Generate the next `steps` samples: ``[targets, steps, signals]``, NaN where missing."""
         return self._advance(steps)[0]
+
+    @property
+    def reports(self) -> np.ndarray:
+        """``[targets, signals]``: which signals each target exports at all."""
+        return self._base.reports.copy()
 
     def scenarios(self) -> tuple[str, ...]:
         """The ground-truth scenario of every target now, for demo tables and tests."""
@@ -204,8 +329,10 @@ class SimulatedCluster:
 
     def _advance_chunk(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         targets = len(self.labels)
-        uniforms = self._events.random((steps, targets, 8))
+        uniforms = self._events.random((steps, targets, _UNIFORMS))
         innovations = self._noise.standard_normal((steps, targets, len(SIGNALS)))
+        white = self._spikes.standard_normal((steps, targets, len(SIGNALS))).transpose(1, 0, 2)
+        white *= self._base.jitter[:, None, :]
         times = self._start + self._step * np.arange(self._count, self._count + steps)
         trace = _Trace.empty(targets, steps)
         noise = np.empty((targets, steps, len(SIGNALS)))
@@ -216,12 +343,17 @@ class SimulatedCluster:
             self._z = self._phi * self._z + scale * innovations[i]
             noise[:, i] = self._z
         self._count += steps
-        missed = uniforms[:, :, _U_MISS].T < _SCRAPE_MISS
-        return _render(self._base, times, trace, noise, missed), trace.failed
+        missed = (uniforms[:, :, _U_MISS].T < _SCRAPE_MISS) | trace.outage
+        quiet = self._base.idle[:, None] > uniforms[:, :, _U_IDLE].T
+        return _render(self._base, times, trace, noise, white, missed, quiet), trace.failed
 
     def _tick(self, t: float, u: np.ndarray) -> None:
         """Move every target's scenario one step on: end what is over, start new ones."""
         self._elapsed += 1
+        self._outage = np.maximum(self._outage - 1, 0)
+        low, high = _OUTAGE_STEPS
+        outage = (self._outage == 0) & (u[:, _U_OUTAGE] < self._base.outages)
+        self._outage[outage] = low + (u[outage, _U_OUTAGE_STEPS] * (high - low + 1)).astype(np.int64)
         ended = np.flatnonzero((self._kind != _HEALTHY) & (self._elapsed > self._duration))
         if ended.size:
             fails = ~self._failed[ended] & _FAILS[self._kind[ended]]
@@ -247,7 +379,10 @@ class SimulatedCluster:
         )
 
     def _begin(self, idx: np.ndarray, u: np.ndarray) -> None:
-        kind = np.minimum((u[idx, _U_KIND] * len(_KINDS)).astype(np.int64), len(_KINDS) - 1)
+        """Start a scenario drawn uniformly among those each target can show."""
+        allowed = self._base.kinds[idx]
+        rank = np.minimum((u[idx, _U_KIND] * allowed.sum(axis=1)).astype(np.int64), allowed.sum(axis=1) - 1)
+        kind = np.argmax(np.cumsum(allowed, axis=1) > rank[:, None], axis=1)
         low, high = self._min_steps[kind], self._max_steps[kind]
         self._kind[idx] = kind
         self._elapsed[idx] = 1
@@ -263,37 +398,66 @@ class SimulatedCluster:
         trace.a[:, i] = self._a
         trace.b[:, i] = self._b
         trace.gap[:, i] = self._gap
+        trace.outage[:, i] = self._outage > 0
 
 
 def _render(
-    base: _Baseline, times: np.ndarray, trace: _Trace, noise: np.ndarray, missed: np.ndarray
+    base: _Baseline,
+    times: np.ndarray,
+    trace: _Trace,
+    noise: np.ndarray,
+    white: np.ndarray,
+    missed: np.ndarray,
+    quiet: np.ndarray,
 ) -> np.ndarray:
-    """Signal values ``[targets, steps, signals]`` for a chunk whose scenarios are known."""
-    cpu, memory, latency, errors = _healthy(base, times, noise)
+    """Signal values ``[targets, steps, signals]`` for a chunk whose scenarios are known.
+
+    ``missed``: steps without any scrape; ``quiet``: steps without requests, where the
+    HTTP signals are 0/0 = NaN.
+    """
+    cpu, memory, latency, errors = _healthy(base, times, noise, white)
     progress = np.minimum(trace.elapsed / trace.duration, 1.0)  # idle rows keep counting up
     running = [(trace.kind == k) & ~trace.failed for k in range(len(_KINDS))]
     cpu, memory = _resource_scenarios(cpu, memory, base, progress, trace, running)
-    latency = latency * (1 + 6 * np.maximum(cpu - 0.7, 0) ** 2)  # CPU contention queues requests
+    limited = base.cpu_limited[:, None]
+    contention = np.where(limited, np.maximum(cpu - 0.7, 0), 0.0)
+    latency = latency * (1 + 6 * contention**2)  # CPU contention queues requests
     latency, errors = _request_scenarios(latency, errors, progress, trace, running)
     latency, errors = _failed_requests(latency, errors, trace)
     values = np.stack(
-        [np.clip(cpu, 0, 1.5), np.clip(memory, 0, 1), np.maximum(latency, 1e-3), np.clip(errors, 0, 1)],
+        [
+            np.where(limited, np.clip(cpu, 0, 1.5), np.maximum(cpu, 0)),
+            np.clip(memory, 0, base.memory_ceiling[:, None]),
+            np.maximum(latency, 1e-3),
+            np.clip(errors, 0, 1),
+        ],
         axis=-1,
     )
     restarting = trace.failed & (trace.elapsed <= trace.gap)
-    values[missed | restarting] = np.nan
+    rolling = running[_ROLLOUT] & (trace.elapsed <= 1 + np.floor(3 * trace.a))
+    values[missed | restarting | rolling] = np.nan
+    unserved = quiet | running[_HANG]  # a hung app answers no requests and no scrapes of its own
+    values[..., _LATENCY][unserved] = np.nan
+    values[..., _ERRORS][unserved] = np.nan
+    values[~base.reports[:, None, :].repeat(values.shape[1], axis=1)] = np.nan
     return values
 
 
-def _healthy(base: _Baseline, times: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Baseline signals: diurnal load plus autocorrelated noise, ``[targets, steps]`` each."""
+def _healthy(
+    base: _Baseline, times: np.ndarray, noise: np.ndarray, white: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Baseline signals: diurnal load, autocorrelated noise and white spikes, ``[targets, steps]``
+    each. Spiky error ratios stay under the 5 % that counts as failed."""
     angle = 2 * np.pi * (times % _DAY) / _DAY
     diurnal = base.amplitude[:, None] * np.sin(angle + base.phase[:, None])
-    cpu = base.cpu[:, None] * (1 + diurnal) * np.exp(0.08 * noise[..., 0])
+    loud = base.noise[:, None]
+    cpu = base.cpu[:, None] * (1 + diurnal) * np.exp(0.08 * loud * noise[..., 0])
     memory = base.memory[:, None] * (1 + 0.05 * diurnal) + 0.01 * noise[..., 1]
-    latency = base.latency[:, None] * (1 + 0.5 * diurnal) * np.exp(0.06 * noise[..., 2])
+    latency = base.latency[:, None] * (1 + 0.5 * diurnal) * np.exp(0.06 * loud * noise[..., 2])
     errors = base.errors[:, None] * np.exp(0.3 * noise[..., 3])
-    return cpu, memory, latency, errors
+    spikes = np.exp(white)
+    errors = np.minimum(errors * spikes[..., 3], np.maximum(errors, 0.03))
+    return cpu * spikes[..., 0], memory, latency * spikes[..., 2], errors
 
 
 def _resource_scenarios(
@@ -306,17 +470,30 @@ def _resource_scenarios(
 ) -> tuple[np.ndarray, np.ndarray]:
     """CPU and memory shapes; `p` is each scenario's progress in (0, 1]."""
     a, b = trace.a, trace.b
-    leak = memory + (1 - memory) * p ** (1 + 1.5 * a**2)  # reaches the limit exactly at p = 1
-    memory = np.where(running[_LEAK], leak, memory)
-    saturation = cpu + (1.05 + 0.35 * b - cpu) * p ** (1 + a)
+    ceiling = base.memory_ceiling[:, None]
+    limited = base.cpu_limited[:, None]
+    leak = memory + (ceiling - memory) * p ** (1 + 1.5 * a**2)  # reaches the ceiling exactly at p = 1
+    # Half the leaks end thrashing: pinned just under the limit for their last 15 %, the
+    # garbage collector burning CPU, until the OOM kill (what a flat 98 % looks like).
+    thrashes = b < 0.5
+    pinned = memory + (0.985 * ceiling - memory) * np.minimum(p / 0.85, 1.0) ** (1 + 1.5 * a**2)
+    memory = np.where(running[_LEAK], np.where(thrashes, pinned, leak), memory)
+    gc = running[_LEAK] & thrashes & (p > 0.85)
+    cpu = np.where(gc, cpu * (1 + 3 * (p - 0.85)), cpu)
+    # Without a limit the node runs out: a few times the pod's usual cores.
+    top = np.where(limited, 1.05 + 0.35 * b, base.cpu[:, None] * (2.5 + 2.5 * b) + 0.2)
+    saturation = cpu + (top - cpu) * p ** (1 + a)
     cpu = np.where(running[_SATURATION], saturation, cpu)
-    spike = np.minimum(cpu * (1 + (0.5 + a) * np.sin(np.pi * p)), 0.92)
-    cpu = np.where(running[_SPIKE], spike, cpu)
+    spike = cpu * (1 + (0.5 + a) * np.sin(np.pi * p))
+    cpu = np.where(running[_SPIKE], np.where(limited, np.minimum(spike, 0.92), spike), cpu)
     teeth = 2 + np.floor(3 * a)
-    height = (0.2 + 0.6 * b) * np.maximum(0.8 - base.memory[:, None], 0)
+    height = (0.2 + 0.6 * b) * np.maximum(0.8 * ceiling - base.memory[:, None], 0)
     memory = np.where(running[_SAWTOOTH], memory + height * ((p * teeth) % 1), memory)
     cold = (0.3 + 0.4 * b) * base.memory[:, None] * np.exp(-6 * p)
-    memory = np.where(running[_WARMUP], memory - cold, memory)
+    memory = np.where(running[_WARMUP] | running[_ROLLOUT], memory - cold, memory)
+    busy = 1 + (0.3 + 0.7 * a) * np.sin(np.pi * p)
+    cpu = np.where(running[_NEIGHBOUR], np.where(limited, np.minimum(cpu * busy, 0.92), cpu * busy), cpu)
+    cpu = np.where(running[_HANG], 0.1 * cpu, cpu)
     return cpu, memory
 
 
@@ -326,6 +503,8 @@ def _request_scenarios(
     """Latency and error-ratio shapes; timeouts make errors creep in late in a degradation."""
     a, b = trace.a, trace.b
     latency = np.where(running[_SPIKE], latency * (1 + (0.5 + a) * np.sin(np.pi * p)), latency)
+    # A noisy neighbour steals cycles: p99 triples or more, then recovers on its own.
+    latency = np.where(running[_NEIGHBOUR], latency * (1 + (1 + 4 * b) * np.sin(np.pi * p)), latency)
     latency = np.where(running[_DEGRADATION], latency * _degradation(b) ** p, latency)
     timeouts = 0.04 * np.maximum((p - 0.7) / 0.3, 0) ** 2
     errors = np.where(running[_DEGRADATION], errors + timeouts, errors)
@@ -380,10 +559,17 @@ class History:
 
 
 def simulate_history(
-    targets: int, steps: int, seed: int = 0, step: float = 60.0, incident_rate: float = 2.5
+    targets: int,
+    steps: int,
+    seed: int = 0,
+    step: float = 60.0,
+    incident_rate: float = 2.5,
+    realistic: bool = True,
 ) -> History:
     """Generate `steps` samples of a fresh cluster in one go, with every incident in it."""
-    cluster = SimulatedCluster(targets=targets, seed=seed, step=step, incident_rate=incident_rate)
+    cluster = SimulatedCluster(
+        targets=targets, seed=seed, step=step, incident_rate=incident_rate, realistic=realistic
+    )
     values, failed = cluster._advance(steps)
     timestamps = cluster.now - step * np.arange(steps)[::-1]
     frame = Frame(values=values, targets=cluster.labels, timestamps=timestamps, signals=SIGNALS)

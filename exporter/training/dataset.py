@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from exporter.features import feature_names, window_features
+from exporter.features import feature_names, signal_weights, window_features
 from exporter.frame import Frame
 from exporter.training.labels import horizon_labels
 
@@ -33,12 +33,34 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class SplitOptions:
+    """How rows are divided into train / calibration / test (see training/train.py).
+
+    ``by="time"``: periods cut at ``calibrate_from`` / ``test_from`` (Unix s), or at the
+    ``fractions`` of the history when not given; ``by="target"``: whole targets, the
+    ``fractions`` of them, so no target is in two parts. ``gap`` (seconds, default one
+    window + horizon) is left out before each time cut.
+    """
+
+    fractions: tuple[float, float] = (0.6, 0.2)  # train, calibration; the rest is test
+    calibrate_from: float | None = None
+    test_from: float | None = None
+    gap: float | None = None
+    by: str = "time"
+
+
+DEFAULT_SPLIT = SplitOptions()
+
+
+@dataclass(frozen=True)
 class TrainingOptions:
     window_steps: int = 60
     horizon_steps: int = 30
     stride: int = 2
-    fractions: tuple[float, float] = (0.6, 0.2)  # train, calibration; the rest is test
+    split: SplitOptions = DEFAULT_SPLIT
     partial_history_share: float = 0.1
+    # Chance that a training window loses a whole signal: see drop_signals.
+    signal_dropout: float = 0.35
     seed: int = 0
 
 
@@ -91,7 +113,7 @@ def window_rows(
         rows_end = end[begin : begin + CHUNK_ROWS]
         windows = views[rows_target, rows_end - options.window_steps + 1].transpose(0, 2, 1).copy()
         _blank_prefixes(windows, options.partial_history_share, rng)
-        parts.append(window_features(windows, timestamps[rows_end], signals).values.astype(np.float32))
+        parts.append(window_features(windows, signals).values.astype(np.float32))
         if progress:
             progress(min(begin + CHUNK_ROWS, len(end)), len(end))
     return np.concatenate(parts)
@@ -103,3 +125,28 @@ def _blank_prefixes(windows: np.ndarray, share: float, rng: np.random.Generator)
     positions = np.arange(windows.shape[1])
     blank = chosen[:, None] & (positions[None, :] < (windows.shape[1] - keep)[:, None])
     windows[blank] = np.nan
+
+
+def drop_signals(
+    X: np.ndarray, names: tuple[str, ...], signals: tuple[str, ...], share: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A copy of feature rows in which each signal a row has is dropped with probability ``share``.
+
+    Real pods lack whole signals (no HTTP histogram, no limit, a broken query) for reasons
+    that have nothing to do with failing. Dropping signals at random, from failures and
+    healthy windows alike, teaches XGBoost's missing-value branches that absence is no
+    evidence: a window without a signal scores what the remaining signals say. A signal
+    absent from the whole window has NaN in every feature it owns (features.py), so
+    blanking those columns is the same as never having had the signal. A row keeps at
+    least one signal it had, since a target with none is not scored at all.
+    """
+    weights = signal_weights(names, signals) > 0  # [features, signals]
+    had = np.isfinite(X[:, [names.index(f"{s}_missing") for s in signals]])
+    dropped = (rng.random(had.shape) < share) & had
+    emptied = had.any(axis=1) & ~(had & ~dropped).any(axis=1)
+    if emptied.any():
+        keep = np.argmax(had[emptied] * rng.random((int(emptied.sum()), len(signals))), axis=1)
+        dropped[np.flatnonzero(emptied), keep] = False
+    out = X.copy()
+    out[(dropped.astype(np.int8) @ weights.T.astype(np.int8)) > 0] = np.nan
+    return out

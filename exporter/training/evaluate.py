@@ -22,7 +22,8 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 from exporter.features import signal_weights
 from exporter.training.dataset import Dataset
 
-ALERT_THRESHOLD = 0.8
+ALERT_THRESHOLD = 0.26  # HighFailureProbability's threshold in rules/failure-predictor.rules.yml
+FALSE_ALARM_BUDGET = 1.0  # false alarm episodes per target-day an on-call team can live with
 # The static rule: any of these on the newest sample (latency: x times its window mean).
 STATIC_LIMITS = {"cpu_last": 0.9, "memory_last": 0.9, "errors_last": 0.05}
 LATENCY_FACTOR = 3.0
@@ -62,54 +63,116 @@ def event_metrics(
     the threshold; the lead time runs from the first such row to the start. An alarm
     episode (consecutive warned rows of a target) is false when no failure starts
     within the horizon after any of its rows."""
-    warned = probability >= threshold
-    leads = []
-    for target, start in zip(failure_target, failure_time, strict=True):
-        before = (rows_target == target) & (rows_time >= start - horizon) & (rows_time < start) & warned
-        if before.any():
-            leads.append((start - rows_time[before].min()) / 60.0)
-    false_alarms = _false_alarm_episodes(
-        rows_target, rows_time, warned, failure_target, failure_time, horizon
-    )
-    target_days = _target_days(rows_target, rows_time)
-    events = len(failure_time)
-    return {
-        "failures": events,
-        "event_recall": len(leads) / events if events else float("nan"),
-        "false_alarms": false_alarms,
-        "false_alarms_per_target_day": false_alarms / target_days if target_days else float("nan"),
-        "lead_time_minutes": {f"p{p}": float(np.percentile(leads, p)) for p in LEAD_PERCENTILES}
-        if leads
-        else {},
-    }
+    timeline = _Timeline(rows_target, rows_time, failure_target, failure_time, horizon)
+    return timeline.metrics(probability >= threshold)
 
 
-def _false_alarm_episodes(
-    rows_target: np.ndarray,
-    rows_time: np.ndarray,
-    warned: np.ndarray,
-    failure_target: np.ndarray,
-    failure_time: np.ndarray,
-    horizon: float,
-) -> int:
-    order = np.lexsort((rows_time, rows_target))
-    target, time, alarm = rows_target[order], rows_time[order], warned[order]
-    begins = alarm & ~np.concatenate(([False], alarm[:-1] & (target[1:] == target[:-1])))
-    episode = np.cumsum(begins)
-    false = 0
-    for number in np.unique(episode[alarm]):
-        members = alarm & (episode == number)
-        owner, first, last = target[members][0], time[members].min(), time[members].max()
-        starts = failure_time[failure_target == owner]
-        if not ((starts > first) & (starts <= last + horizon)).any():
-            false += 1
-    return false
+class _Timeline:
+    """Rows and failures sorted once by (target, time), so each threshold costs O(rows)."""
+
+    def __init__(
+        self,
+        rows_target: np.ndarray,
+        rows_time: np.ndarray,
+        failure_target: np.ndarray,
+        failure_time: np.ndarray,
+        horizon: float,
+    ) -> None:
+        self.order = np.lexsort((rows_time, rows_target))
+        self.target = np.asarray(rows_target)[self.order]
+        self.time = np.asarray(rows_time, dtype=float)[self.order]
+        self.key = _key(self.target, self.time)
+        failures = np.argsort(_key(failure_target, failure_time), kind="stable")
+        self.failure_key = _key(failure_target, failure_time)[failures]
+        self.failure_time = np.asarray(failure_time, dtype=float)[failures]
+        self.horizon = horizon
+        self.target_days = _target_days(rows_target, rows_time)
+        # Rows in [start - horizon, start) of each failure's own target: [first, stop).
+        self.first = np.searchsorted(self.key, self.failure_key - horizon, side="left")
+        self.stop = np.searchsorted(self.key, self.failure_key, side="left")
+
+    def metrics(self, warned_in_row_order: np.ndarray) -> dict[str, Any]:
+        warned = np.asarray(warned_in_row_order, bool)[self.order]
+        leads = self._leads(warned)
+        false_alarms = self._false_alarms(warned)
+        events = len(self.failure_key)
+        found = leads[np.isfinite(leads)]
+        return {
+            "failures": events,
+            "event_recall": len(found) / events if events else float("nan"),
+            "false_alarms": false_alarms,
+            "false_alarms_per_target_day": false_alarms / self.target_days
+            if self.target_days
+            else float("nan"),
+            "lead_time_minutes": {f"p{p}": float(np.percentile(found, p)) for p in LEAD_PERCENTILES}
+            if len(found)
+            else {},
+        }
+
+    def _leads(self, warned: np.ndarray) -> np.ndarray:
+        """Minutes from the first warned row before each failure to its start; NaN if none."""
+        n = len(warned)
+        index = np.where(warned, np.arange(n), n)
+        next_warned = np.append(np.minimum.accumulate(index[::-1])[::-1], n)
+        hit = next_warned[self.first]
+        ok = hit < self.stop
+        leads = np.full(len(self.failure_key), np.nan)
+        leads[ok] = (self.failure_time[ok] - self.time[hit[ok]]) / 60.0
+        return leads
+
+    def _false_alarms(self, warned: np.ndarray) -> int:
+        if not warned.any():
+            return 0
+        same = np.concatenate(([False], self.target[1:] == self.target[:-1]))
+        begins = warned & ~(np.concatenate(([False], warned[:-1])) & same)
+        ends = warned & ~(np.concatenate((warned[1:], [False])) & np.append(same[1:], False))
+        first_key, last_key = self.key[begins], self.key[ends]
+        # A failure of the same target starting in (first, last + horizon] makes it a true alarm.
+        low = np.searchsorted(self.failure_key, first_key, side="right")
+        high = np.searchsorted(self.failure_key, last_key + self.horizon, side="right")
+        return int((high <= low).sum())
+
+
+def _key(target: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """One sortable number per (target, time): targets 1e11 s (3,000 years) apart."""
+    return np.asarray(target, dtype=float) * 1e11 + np.asarray(time, dtype=float)
 
 
 def _target_days(rows_target: np.ndarray, rows_time: np.ndarray) -> float:
     if len(rows_time) == 0:
         return 0.0
     return len(np.unique(rows_target)) * (rows_time.max() - rows_time.min()) / 86_400.0
+
+
+def threshold_for_false_alarms(
+    rows_target: np.ndarray,
+    rows_time: np.ndarray,
+    probability: np.ndarray,
+    failures: tuple[np.ndarray, np.ndarray],
+    horizon: float,
+    budget: float = FALSE_ALARM_BUDGET,
+) -> float:
+    """The lowest threshold at which this and every higher one raise at most ``budget``
+    false alarm episodes per target-day (1.0 when none does below it)."""
+    timeline = _Timeline(rows_target, rows_time, *failures, horizon)
+    candidates = np.unique(np.round(np.quantile(probability, np.linspace(0.5, 1.0, 400)), 3))
+    candidates = np.unique(np.concatenate([candidates, np.round(np.arange(0.05, 1.0, 0.01), 2)]))
+    within = np.array(
+        [timeline.metrics(probability >= t)["false_alarms_per_target_day"] <= budget for t in candidates]
+    )
+    outside = np.flatnonzero(~within)
+    if not len(outside):
+        return float(candidates[0])
+    above = candidates[outside[-1] + 1 :]
+    return float(above[0]) if len(above) else 1.0
+
+
+def expected_calibration_error(table: list[dict[str, float]]) -> float:
+    """Row-weighted mean gap between predicted and observed rates over the reliability bins."""
+    rows = sum(b["rows"] for b in table)
+    if not rows:
+        return float("nan")
+    return float(sum(b["rows"] * abs(b["predicted"] - b["observed"]) for b in table) / rows)
 
 
 def reliability_table(y: np.ndarray, probability: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
@@ -184,8 +247,15 @@ def evaluation_report(
     step: float,
     importance: np.ndarray | None,
     signals: Sequence[str],
+    supported_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Everything the manifest and the printed report say about the rows in ``rows``."""
+    """Everything the manifest and the printed report say about the rows in ``rows``.
+
+    ``supported_threshold`` is the threshold chosen on the calibration rows for at most
+    FALSE_ALARM_BUDGET false alarms per target-day; the report says what it gives on
+    these rows. ``budget_threshold_here`` is the same search run on these rows
+    themselves: what this period would have needed, for comparison, never for choosing.
+    """
     horizon = horizon_steps * step
     y, X = dataset.y[rows], dataset.X[rows]
     target, time = dataset.target[rows], dataset.time[rows]
@@ -204,6 +274,7 @@ def evaluation_report(
         **row_metrics(y, probability),
         **event_metrics(target, time, probability, *failures, horizon),
         "reliability": reliability_table(y, probability),
+        "budget": FALSE_ALARM_BUDGET,
         "baselines": {
             "static_threshold": baseline_metrics(
                 static_threshold_score(X, dataset.names), y, target, time, failures, horizon
@@ -218,6 +289,15 @@ def evaluation_report(
             ),
         },
     }
+    report["ece"] = expected_calibration_error(report["reliability"])
+    here = threshold_for_false_alarms(target, time, probability, failures, horizon)
+    report["budget_threshold_here"] = here
+    report["at_budget_threshold_here"] = event_metrics(target, time, probability, *failures, horizon, here)
+    if supported_threshold is not None:
+        report["supported_threshold"] = supported_threshold
+        report["at_supported_threshold"] = event_metrics(
+            target, time, probability, *failures, horizon, supported_threshold
+        )
     if importance is not None:
         order = np.argsort(-importance)[:15]
         report["feature_importance"] = {dataset.names[i]: round(float(importance[i]), 4) for i in order}
@@ -257,15 +337,36 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(
         f"(alert: model >= {report['threshold']}, rules when they fire; {report['failures']} failures)"
     )
+    lines += [
+        "",
+        f"what the pager sees (at most {report.get('budget', FALSE_ALARM_BUDGET):g} false alarm per target-day):",
+    ]
+    rows = [("shipped alert threshold", report["threshold"], report)]
+    if "supported_threshold" in report:
+        rows.append(
+            ("chosen on calibration", report["supported_threshold"], report["at_supported_threshold"])
+        )
+    if "budget_threshold_here" in report:
+        rows.append(
+            ("needed on this period", report["budget_threshold_here"], report["at_budget_threshold_here"])
+        )
+    lines.append(f"  {'':<26}{'threshold':>10}{'warned':>9}{'false/target-day':>18}{'median lead':>13}")
+    for label, threshold, events in rows:
+        lead = events["lead_time_minutes"].get("p50", float("nan"))
+        lines.append(
+            f"  {label:<26}{threshold:>10.2f}{events['event_recall']:>9.1%}"
+            f"{events['false_alarms_per_target_day']:>18.2f}{lead:>9.0f} min"
+        )
     lead = report["lead_time_minutes"]
     if lead:
         lines += [
             "",
-            "lead time of the first warning (minutes): " + ", ".join(f"{k} {v:.0f}" for k, v in lead.items()),
+            "lead time of the first warning at the shipped threshold (minutes): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in lead.items()),
         ]
     lines += [
         "",
-        "reliability (is 0.8 really 80 %?):",
+        f"reliability (is 0.8 really 80 %?), expected calibration error {report.get('ece', float('nan')):.4f}:",
         f"  {'bin':<11}{'windows':>9}{'predicted':>11}{'observed':>10}",
     ]
     for row in report["reliability"]:

@@ -27,7 +27,7 @@ from exporter.models.registry import activate
 from exporter.sources.prometheus import PrometheusClient
 from exporter.training.dataset import Dataset, TrainingOptions
 from exporter.training.history import HistoryReader
-from exporter.training.train import time_split, train_bundle
+from exporter.training.train import split_rows, train_bundle
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,11 @@ class Refitter:
         serving = self.serving()
         if serving is None:
             return None
-        options = dataclasses.replace(serving_options(serving), seed=self.seed, partial_history_share=0.1)
+        options = dataclasses.replace(
+            serving_options(serving),
+            seed=self.seed,
+            partial_history_share=TrainingOptions.partial_history_share,
+        )
         dataset = self._read(serving, self.settings.retrain.window)
         if dataset.y.sum() == 0:
             log.warning("retrain skipped: no failures in the window")
@@ -136,8 +140,7 @@ class Refitter:
             "trained",
             {"source": "scheduled retrain"},
         )
-        gap = (options.window_steps + options.horizon_steps) * self.settings.step
-        _, _, test = time_split(dataset.time, options.fractions, gap)
+        test = split_rows(dataset, options, self.settings.step).test
         outcome = RetrainOutcome(
             version=candidate.manifest.version,
             candidate_pr_auc=float(candidate.manifest.metrics["pr_auc"]),

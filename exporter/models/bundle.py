@@ -35,7 +35,7 @@ from exporter.features import Features, feature_names, select, signal_weights
 from exporter.models.anomaly import AnomalyDetector
 from exporter.models.classifier import FailureClassifier
 from exporter.models.forest import ForestError
-from exporter.models.staging import done_with, make_staging
+from exporter.models.staging import discard_staging, done_with, make_staging
 from exporter.models.treeshap import TreeShap, TreeShapError
 
 FORMAT_VERSION = 2
@@ -149,8 +149,8 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     """Write into a sibling temp dir, then rename: readers see the old or the new bundle."""
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = make_staging(target)
-    try:
+    try:  # from the staging dir's creation on: a signal may interrupt any line
+        staging = make_staging(target)
         bundle.classifier.booster_.save_model(staging / CLASSIFIER_FILE)
         bundle.detector.save(staging / DETECTOR_FILE)
         files = {name: sha256(staging / name) for name in (CLASSIFIER_FILE, DETECTOR_FILE)}
@@ -162,11 +162,10 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
                 os.fsync(handle.fileno())
         staging.chmod(0o755)
         _swap_in(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
         done_with(staging)
+    except BaseException:
+        discard_staging(target)
+        raise
     return target
 
 

@@ -48,6 +48,17 @@ def done_with(staging: Path) -> None:
     _in_use.discard(staging.resolve())
 
 
+def discard_staging(target: Path) -> None:
+    """Remove every staging directory this process made for ``target``: its save failed or was
+    interrupted, possibly between creating the directory and knowing its name."""
+    prefix = f".{target.name}.staging-{_host()}-{os.getpid()}-"
+    with contextlib.suppress(OSError):
+        for child in target.parent.iterdir():
+            if child.name.startswith(prefix):
+                shutil.rmtree(child, ignore_errors=True)
+                _in_use.discard(child.resolve())
+
+
 def remove_leftovers(parent: Path) -> list[Path]:
     """Remove staging directories in ``parent`` that no live write owns; returns them."""
     removed = []

@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from pyod.models.iforest import IForest
 
+from exporter.config import BOOTSTRAP_MODEL
 from exporter.models.bundle import load_bundle
 from exporter.models.forest import ArrayForest
 from exporter.models.normalize import EMBED_STEPS, NULL_ROWS, SEED
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def best(work: Callable[[], object], repeats: int) -> float:
@@ -58,7 +56,7 @@ def main() -> None:
     parser.add_argument("--targets", type=int, nargs="+", default=[1, 1000, 10000])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    features = len(load_bundle(ROOT / "models" / "default").manifest.features)
+    features = len(load_bundle(BOOTSTRAP_MODEL).manifest.features)
     rng = np.random.default_rng(1)
     print(f"{'forest':<28} {'targets':>7} {'rows':>7} {'sklearn/pyod':>13} {'ArrayForest':>12} {'ratio':>7}")
     for name, (fitted, per_target) in forests(features).items():

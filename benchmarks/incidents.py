@@ -80,7 +80,8 @@ def replay(
     targets = values.shape[0]
     padded = np.concatenate([np.full((targets, width - 1, values.shape[2]), np.nan), values], axis=1)
     views = sliding_window_view(padded, width, axis=1)  # [targets, time, signals, width]
-    normaliser = AnomalyNormaliser(signals, min(EMBED_STEPS, width))
+    step = float(timestamps[1] - timestamps[0]) if len(timestamps) > 1 else 60.0
+    normaliser = AnomalyNormaliser(signals, min(EMBED_STEPS, width), step=step)
     rows = normaliser.retain([{"target": str(i)} for i in range(targets)])
     probability = np.zeros((targets, len(timestamps)))
     anomaly = np.zeros_like(probability)
@@ -91,7 +92,8 @@ def replay(
         windows = views[target_of, step_of].transpose(0, 2, 1)
         scores = bundle.score(window_features(windows, signals), explain=False)
         probability[target_of, step_of] = scores.probability
-        anomaly[target_of, step_of] = normaliser.score(rows[target_of], windows, scores.raw_anomaly)
+        times = timestamps[step_of]
+        anomaly[target_of, step_of] = normaliser.score(rows[target_of], windows, scores.raw_anomaly, times)
     return probability, anomaly
 
 

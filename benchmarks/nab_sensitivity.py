@@ -1,14 +1,15 @@
 """NAB score of the shipped anomaly_score with one constant of exporter/models/normalize.py changed.
 
-    python benchmarks/nab_sensitivity.py BURST_STEPS 200      # or MEMORY_STEPS, WARMUP_STEPS, EMBED_STEPS
+    python benchmarks/nab_sensitivity.py BURST_STEPS 200      # or any name in CONSTANTS below
 
-Shows how much the chosen configuration owes to each of its constants (the README's "Every
+Shows how much the chosen configuration owes to each of its constants (docs/nab.md's "Every
 configuration tried" lists the results); the shipped value is the module's.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import tempfile
 import time
@@ -26,13 +27,21 @@ from exporter.models import normalize  # noqa: E402
 from exporter.models.bundle import load_bundle  # noqa: E402
 from exporter.sources.files import FilesSource  # noqa: E402
 
-CONSTANTS = ("BURST_STEPS", "MEMORY_STEPS", "WARMUP_STEPS", "EMBED_STEPS")
+CONSTANTS = (
+    "BURST_STEPS",
+    "MEMORY_STEPS",
+    "MIN_STEPS",
+    "EMBED_STEPS",
+    "SEASON_GAIN",
+    "SEASON_MIN_PERIODS",
+    "SEASONS",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("constant", choices=CONSTANTS)
-    parser.add_argument("value", type=int)
+    parser.add_argument("value", type=ast.literal_eval, help="a Python literal: 200, 0.25, ('daily',)")
     args = parser.parse_args(argv)
     shipped = getattr(normalize, args.constant)
     setattr(normalize, args.constant, args.value)

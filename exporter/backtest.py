@@ -77,7 +77,7 @@ def score_rows(
     daemon's ``anomaly_score``: normalised against each target's own earlier rows."""
     frame = recording.frame
     width = bundle.manifest.window_steps
-    normaliser = AnomalyNormaliser(frame.signals, min(EMBED_STEPS, width))
+    normaliser = AnomalyNormaliser(frame.signals, min(EMBED_STEPS, width), step=frame.step or 60.0)
     normaliser.retain(frame.targets)
     padding = np.full((len(frame.targets), width - 1, len(frame.signals)), np.nan)
     # [targets, cells, signals, width]: the window ending at each cell, young ones NaN-padded.
@@ -88,7 +88,8 @@ def score_rows(
         windows[:, -1] = recording.row_values[rows]
         features = window_features(windows, frame.signals)
         scores = bundle.score(features, explain=False)
-        anomaly = normaliser.score(recording.row_target[rows], windows, scores.raw_anomaly)
+        times = recording.row_time[rows]
+        anomaly = normaliser.score(recording.row_target[rows], windows, scores.raw_anomaly, times)
         yield rows, replace(scores, anomaly=anomaly)
 
 

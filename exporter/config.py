@@ -12,7 +12,7 @@ import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
@@ -37,7 +37,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # Labels the exporter adds to its own series next to the target labels.
-RESERVED_LABELS = ("horizon", "signal")
+RESERVED_LABELS = ("horizon", "signal", "bound")
 
 
 class ConfigError(Exception):
@@ -95,23 +95,25 @@ ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
 
 DEFAULT_SIGNALS: dict[str, str] = {
     # Placeholders: {by} is the comma-separated target labels, {rate_window} the
-    # configured rate window. CPU falls back to cores used when a pod has no limit.
+    # configured rate window, {selector} label matchers (with a trailing comma) that the
+    # source fills to read only some targets (new pods, one shard), empty otherwise.
+    # CPU falls back to cores used when a pod has no limit.
     "cpu": (
-        '(sum by ({by}) (rate(container_cpu_usage_seconds_total{container!="",container!="POD"}[{rate_window}]))'
-        ' / sum by ({by}) (kube_pod_container_resource_limits{resource="cpu"}))'
-        ' or sum by ({by}) (rate(container_cpu_usage_seconds_total{container!="",container!="POD"}[{rate_window}]))'
+        '(sum by ({by}) (rate(container_cpu_usage_seconds_total{{selector}container!="",container!="POD"}[{rate_window}]))'
+        ' / sum by ({by}) (kube_pod_container_resource_limits{{selector}resource="cpu"}))'
+        ' or sum by ({by}) (rate(container_cpu_usage_seconds_total{{selector}container!="",container!="POD"}[{rate_window}]))'
     ),
     "memory": (
-        'sum by ({by}) (container_memory_working_set_bytes{container!="",container!="POD"})'
-        ' / sum by ({by}) (kube_pod_container_resource_limits{resource="memory"})'
+        'sum by ({by}) (container_memory_working_set_bytes{{selector}container!="",container!="POD"})'
+        ' / sum by ({by}) (kube_pod_container_resource_limits{{selector}resource="memory"})'
     ),
     "latency": (
-        "histogram_quantile(0.99, sum by ({by}, le) (rate(http_request_duration_seconds_bucket[{rate_window}])))"
+        "histogram_quantile(0.99, sum by ({by}, le) (rate(http_request_duration_seconds_bucket{{selector}}[{rate_window}])))"
     ),
     "errors": (
-        '(sum by ({by}) (rate(http_requests_total{code=~"5.."}[{rate_window}]))'
-        " or sum by ({by}) (rate(http_requests_total[{rate_window}])) * 0)"
-        " / sum by ({by}) (rate(http_requests_total[{rate_window}]))"
+        '(sum by ({by}) (rate(http_requests_total{{selector}code=~"5.."}[{rate_window}]))'
+        " or sum by ({by}) (rate(http_requests_total{{selector}}[{rate_window}])) * 0)"
+        " / sum by ({by}) (rate(http_requests_total{{selector}}[{rate_window}]))"
     ),
 }
 CORE_SIGNALS = tuple(DEFAULT_SIGNALS)
@@ -203,10 +205,33 @@ class ModelSettings(_Strict):
 
 
 class AnomalyRefitSettings(_Strict):
-    """Refit the anomaly detector on recent history (off the scoring path); off by default."""
+    """The anomaly detector: scheduled refits on recent history (off by default) and the
+    per-target statistics behind ``anomaly_score`` (models/normalize.py)."""
 
     refit_every: Duration | None = None
     fit_window: Duration = 7 * 86400.0
+    # History replayed into the statistics at start and for targets seen for the first time;
+    # 0 turns the warm start off. A day covers the daily profile's first choice.
+    warmup: Annotated[float, BeforeValidator(lambda v: 0.0 if v in (0, "0") else parse_duration(v))] = 86400.0
+    warmup_chunk: Duration = 21600.0  # history read per query during the warm start
+    seasons: tuple[Literal["daily", "weekly"], ...] = ("daily",)
+    # A new target starts from the statistics of its workload: this target label with
+    # workload_pattern's first group kept (pod "cart-7d9f8b6c4-x2k4q" -> "cart"). "" turns it off.
+    workload_label: str = "pod"
+    workload_pattern: str = r"^(.+?)(?:-[a-f0-9]{6,10})?-[a-z0-9]{5}$"
+    bands: bool = True  # export signal_expected{bound="lower|mean|upper"}
+    time_to_limit: tuple[str, ...] = ("cpu", "memory")  # signals exported as signal_time_to_limit_seconds
+
+    @field_validator("workload_pattern")
+    @classmethod
+    def _one_group(cls, pattern: str) -> str:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from exc
+        if compiled.groups < 1:
+            raise ValueError("needs a capturing group for the workload's name")
+        return pattern
 
 
 class RetrainSettings(_Strict):
@@ -275,12 +300,19 @@ class ApiSettings(_Strict):
         return self
 
 
+# failure_probability_contribution (exact SHAP) is computed for targets at this risk or above.
+RiskName = Literal["minimal", "low", "medium", "high", "critical"]
+
+
 class ShardSettings(_Strict):
     """Score only this replica's share of the targets, so several replicas split a large cluster.
 
-    Every replica runs the same queries and keeps the targets whose stable hash modulo ``count``
-    is ``index``; together they score every target exactly once. The Helm chart's StatefulSet
-    sets ``FAILURE_PREDICTOR_SHARD__INDEX`` from each pod's ordinal.
+    Every replica keeps the targets whose stable hash (SHA-1 of the target label values) modulo
+    ``count`` is ``index``; together they score every target exactly once. PromQL cannot hash,
+    so each replica reads the newest steps of every target (to learn who exists) and the
+    window's history only for its own, through the ``{selector}`` placeholder of the signal
+    queries (README "Sharding"). The Helm chart's StatefulSet sets
+    ``FAILURE_PREDICTOR_SHARD__INDEX`` from each pod's ordinal.
     """
 
     index: int = Field(default=0, ge=0)
@@ -313,6 +345,9 @@ class Settings(_Strict):
     max_targets: int = Field(default=10_000, ge=1)
     shard: ShardSettings = Field(default_factory=ShardSettings)
     stale_after: Duration = 300.0
+    full_refresh: Duration = 1800.0
+    reread_steps: int = Field(default=2, ge=1, le=100)
+    explain_min_risk: RiskName = "low"
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 
     @field_validator("target_labels")
@@ -363,18 +398,25 @@ class Settings(_Strict):
     @property
     def queries(self) -> dict[str, str]:
         """Effective PromQL per signal: defaults, then user overrides, placeholders filled."""
+        return {name: self.fill(query) for name, query in self.signal_templates.items()}
+
+    @property
+    def signal_templates(self) -> dict[str, str]:
+        """The enabled signals' PromQL before placeholders are filled (the source fills {selector})."""
         merged: dict[str, str | None] = {**DEFAULT_SIGNALS, **self.signals}
-        return {name: self.fill(query) for name, query in merged.items() if query is not None}
+        return {name: query for name, query in merged.items() if query is not None}
 
     @property
     def failure_query(self) -> str | None:
         """The failure definition's PromQL with placeholders filled, if there is one."""
         return None if self.failure.query is None else self.fill(self.failure.query)
 
-    def fill(self, query: str) -> str:
-        """Replace {by} with the target labels and {rate_window} with the rate window."""
+    def fill(self, query: str, selector: str = "") -> str:
+        """Replace {by} with the target labels, {rate_window} with the rate window and {selector}
+        with ``selector`` (label matchers ending in a comma, or nothing: every target)."""
         by = ",".join(self.target_labels)
-        return query.replace("{by}", by).replace("{rate_window}", format_duration(self.rate_window))
+        filled = query.replace("{by}", by).replace("{rate_window}", format_duration(self.rate_window))
+        return filled.replace("{selector}", selector)
 
 
 def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -438,16 +480,19 @@ def describe_errors(exc: ValidationError) -> str:
 def effective_config(settings: Settings) -> dict[str, Any]:
     """The settings as plain YAML-able data, durations as strings, secrets masked."""
     data = settings.model_dump(mode="json")
-    for key in ("interval", "lookback", "step", "rate_window", "horizon", "stale_after"):
+    for key in ("interval", "lookback", "step", "rate_window", "horizon", "stale_after", "full_refresh"):
         data[key] = format_duration(data[key])
     for section, key in (
         ("anomaly", "refit_every"),
         ("anomaly", "fit_window"),
+        ("anomaly", "warmup_chunk"),
         ("retrain", "every"),
         ("retrain", "window"),
     ):
         if data[section][key] is not None:
             data[section][key] = format_duration(data[section][key])
+    if data["anomaly"]["warmup"]:
+        data["anomaly"]["warmup"] = format_duration(data["anomaly"]["warmup"])
     prometheus = data["prometheus"]
     for key in ("timeout", "deadline", "backoff"):
         prometheus[key] = format_duration(prometheus[key])

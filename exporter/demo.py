@@ -16,6 +16,7 @@ from typing import TextIO
 
 from exporter.config import Settings
 from exporter.models.bundle import ModelBundle
+from exporter.models.normalize import SETTLED_STEPS
 from exporter.service.api import make_server
 from exporter.service.daemon import Daemon
 from exporter.snapshot import RISK_NAMES, Snapshot
@@ -61,13 +62,26 @@ def print_table(snapshot: Snapshot, cluster: SimulatedCluster, out: TextIO, url:
         top = snapshot.top_signals(row, 1)
         out.write(
             f"{target['namespace'] + '/' + target['pod']:<34} {snapshot.probability[row]:>7.3f} "
-            f"{RISK_NAMES[levels[row]]:<8} {snapshot.anomaly[row]:>7.3f}  {(top[0][0] if top else '-'):<10} "
+            f"{RISK_NAMES[levels[row]]:<8} {anomaly_cell(snapshot, row):>7}  {(top[0][0] if top else '-'):<10} "
             f"{truth[row]}\n"
         )
     out.write(f"incidents so far: {len(cluster.incidents)}\n")
+    if snapshot.bands is not None and (snapshot.bands.history[order] < SETTLED_STEPS).any():
+        out.write(
+            f"anomaly 'warm N': N samples of history so far; the score is shrunk until {SETTLED_STEPS} "
+            "(the demo has no Prometheus history to warm up from)\n"
+        )
     # Repeated under every table: clearing the screen wiped the one printed at start.
     out.write(f"serving {url}  (/metrics, /api/v1/targets, /docs; Ctrl-C to stop)\n\n")
     out.flush()
+
+
+def anomaly_cell(snapshot: Snapshot, row: int) -> str:
+    """The anomaly column: the score, or "warm N" while the target's history is short."""
+    history = snapshot.bands.history[row] if snapshot.bands is not None else SETTLED_STEPS
+    if history < SETTLED_STEPS and snapshot.anomaly[row] == 0.0:
+        return f"warm {int(history)}"
+    return f"{snapshot.anomaly[row]:.3f}"
 
 
 def run_demo(bundle: ModelBundle, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

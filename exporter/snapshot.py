@@ -7,7 +7,7 @@ and need no locks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,12 @@ RISK_NAMES = ("MINIMAL", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 def risk_levels(probability: np.ndarray) -> np.ndarray:
     """0 minimal .. 4 critical; a probability equal to a threshold takes the higher level."""
     return np.searchsorted(RISK_THRESHOLDS, probability, side="right")
+
+
+def risk_floor(name: str) -> float:
+    """The lowest probability at risk level ``name`` (case-insensitive): 0 for minimal."""
+    level = RISK_NAMES.index(name.upper())
+    return 0.0 if level == 0 else float(RISK_THRESHOLDS[level - 1])
 
 
 def contribution_shares(signal_contributions: np.ndarray) -> np.ndarray:
@@ -46,6 +52,30 @@ class Explanations:
     features: tuple[str, ...]  # the model's feature order
     values: np.ndarray  # [targets, features] the model's inputs (NaN where missing)
     contributions: np.ndarray  # [targets, features + 1] SHAP on the margin, last column the bias
+    # The cycle explains only targets at risk (NaN rows otherwise); this computes the rest
+    # on demand with the bundle that scored them (ModelBundle.explainer).
+    explain: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """SHAP of ``rows``, computing on demand those the cycle left unexplained."""
+        contributions = self.contributions[rows]
+        missing = np.isnan(contributions).all(axis=1)
+        if missing.any() and self.explain is not None:
+            contributions[missing] = self.explain(self.values[rows[missing]])
+        return contributions
+
+
+@dataclass(frozen=True)
+class Bands:
+    """What the anomaly statistics expected of each target's newest samples (models/normalize.py)
+    and where cpu/memory are heading (models/trend.py); row i is ``Snapshot.targets[i]``."""
+
+    signals: tuple[str, ...]  # the signals queried (columns below)
+    expected: (
+        np.ndarray | None
+    )  # [targets, signals, 3] lower, mean, upper (NaN: no band yet); None: not exported
+    time_to_limit: np.ndarray  # [targets, signals] seconds until the ratio reaches 1.0 (NaN: not approaching)
+    history: np.ndarray  # [targets] samples behind each target's statistics
 
 
 @dataclass(frozen=True)
@@ -60,19 +90,21 @@ class Snapshot:
     targets: tuple[Mapping[str, str], ...]
     probability: np.ndarray
     anomaly: np.ndarray
-    contribution: np.ndarray  # [targets, signals] shares, see contribution_shares
+    contribution: np.ndarray  # [targets, signals] shares, see contribution_shares; NaN: not explained
     explanations: Explanations | None = None  # per-feature detail for the HTTP API
     drift: tuple[float, ...] | None = None  # PSI per signal (same order as signals), see models/drift.py
+    bands: Bands | None = None  # expected bands, time to limit, history behind anomaly_score
 
     @property
     def risk(self) -> np.ndarray:
         return risk_levels(self.probability)
 
     def top_signals(self, row: int, count: int = 2) -> list[tuple[str, float]]:
-        """The signals pushing this target's score up the most, largest first."""
-        order = np.argsort(-self.contribution[row], kind="stable")[:count]
-        return [
-            (self.signals[i], float(self.contribution[row, i]))
-            for i in order
-            if self.contribution[row, i] > 0
-        ]
+        """The signals pushing this target's score up the most, largest first (none if not explained)."""
+        return top_shares(self.signals, self.contribution[row], count)
+
+
+def top_shares(signals: tuple[str, ...], shares: np.ndarray, count: int = 2) -> list[tuple[str, float]]:
+    """The ``count`` signals with the largest positive shares, largest first."""
+    order = np.argsort(-shares, kind="stable")[:count]
+    return [(signals[i], float(shares[i])) for i in order if shares[i] > 0]

@@ -265,7 +265,9 @@ def alert_threshold(name: str) -> float:
     for group in load_rules()["groups"]:
         for rule in group["rules"]:
             if rule.get("alert") == name:
-                return float(re.fullmatch(r"failure_probability > ([0-9.]+)", rule["expr"]).group(1))
+                return float(
+                    re.search(r"\(failure_probability\{[^}]*\}\) > ([0-9.]+)$", rule["expr"]).group(1)
+                )
     raise KeyError(name)
 
 

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 from collections.abc import Iterator
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import pytest
+import schemathesis
 from apiserver import FixedSource, app_server, observation, serving
 from helpers import Tiny
+from hypothesis import HealthCheck, given, settings
 
 from exporter.config import Settings
 from exporter.frame import Frame
 from exporter.service.daemon import Daemon
+
+FUZZ_EXAMPLES = 30  # per operation: bounded, a few seconds each
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +80,35 @@ def test_a_surrogate_pair_is_ordinary_text(connection):
 
     assert status == 404  # a valid (if unusual) name: no such target
     assert "\U0001f600" in answer["detail"][0]["msg"]
+
+
+def test_every_operation_keeps_its_openapi_contract(base):
+    # schemathesis' pytest plugin does not run under this pytest; its strategies do.
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {operation.path for operation in operations} >= {"/api/v1/predict", "/api/v1/targets"}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+        def keeps_contract(case: schemathesis.Case) -> None:
+            case.call_and_validate()
+
+        keeps_contract()
+
+
+def test_the_schema_forbids_what_the_fault_matrix_found_rejected(base):
+    schema = json.loads(urlopen(f"{base}/openapi.json").read())
+    paths, components = schema["paths"], schema["components"]["schemas"]
+
+    detail = paths["/api/v1/targets/{target}"]["get"]
+    assert [p["name"] for p in detail["parameters"] if p["in"] == "path"] == ["target"]
+    assert "404" in detail["responses"]
+    [label] = [p for p in paths["/api/v1/targets"]["get"]["parameters"] if p["name"] == "label"]
+    [items] = [option["items"] for option in label["schema"]["anyOf"] if option.get("type") == "array"]
+    assert re.search(items["pattern"], "pod=cart-*") and not re.search(items["pattern"], "")
+    step = components["Observation"]["properties"]["step"]["anyOf"]
+    assert {"type": "number", "minimum": 0.001, "maximum": 7 * 86400.0} in step
+    assert components["Observation"]["properties"]["signals"]["propertyNames"] == {
+        "enum": ["cpu", "memory", "latency", "errors"]
+    }

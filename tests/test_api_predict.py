@@ -133,6 +133,27 @@ def test_selector_explanation_is_the_cycle_explanation(url, frame):
     assert usual(selected["recommendations"]) == usual(raw["recommendations"])
 
 
+def test_selector_explains_a_target_the_cycle_left_unexplained(url, daemon, frame):
+    snapshot = daemon.state.snapshot
+    row = int(np.argmin(snapshot.probability))
+    assert snapshot.risk[row] == 0
+    assert np.isnan(snapshot.explanations.contributions[row]).all()  # the cycle explains risky ones only
+
+    selected = post(url, dict(frame.targets[row])).json()
+
+    explained, raw = selected["explanation"], post(url, observation(frame, row)).json()["explanation"]
+    assert explained is not None
+    for key in ("base_value", "margin", "signals", "unattributed"):
+        assert explained[key] == raw[key]
+    # Feature values from the cycle's frame and from the body's numbers may differ in the last bit.
+    assert [(f["feature"], f["contribution"]) for f in explained["top_features"]] == [
+        (f["feature"], f["contribution"]) for f in raw["top_features"]
+    ]
+    assert [f["value"] for f in explained["top_features"]] == pytest.approx(
+        [f["value"] for f in raw["top_features"]]
+    )
+
+
 def test_top_signals_carry_the_cycle_shares(url, daemon, frame):
     snapshot = daemon.state.snapshot
     row = int(np.argmax(snapshot.probability))

@@ -162,8 +162,6 @@ def test_cycle_exports_every_target(tiny, settings):
         assert ("failure_probability", labelled(target, horizon="30m")) in exported
         assert ("failure_risk_level", labelled(target)) in exported
         assert ("anomaly_score", labelled(target)) in exported
-        for signal in SIGNALS:
-            assert ("failure_probability_contribution", labelled(target, signal=signal)) in exported
     assert exported[("failure_predictor_targets", frozenset())] == 3
     assert exported[("failure_predictor_cycles_total", labelled({}, outcome="success"))] == 1
     assert exported[("failure_predictor_last_success_timestamp_seconds", frozenset())] == START
@@ -214,6 +212,25 @@ def test_anomaly_score_measures_each_target_against_its_own_history(tiny, settin
     assert exported[labelled(P1)] == pytest.approx(float(anomaly[0]))
 
 
+def test_series_left_out_of_every_signal_do_not_fail_the_cycle(tiny, settings):
+    """An unparsable sample drops one series, not its signal: the other targets are still scored."""
+    partial = tuple(
+        QueryError(s, "unparsable_samples", "1 series dropped: a sample is not a number") for s in SIGNALS
+    )
+    daemon, _, _ = make_daemon(tiny, settings, Fetch(fetch_of(tiny, P1, P2).frame, errors=partial))
+
+    daemon.cycle()
+
+    exported = samples(daemon.registry)
+    assert exported[("failure_predictor_targets", frozenset())] == 2
+    assert (
+        exported[
+            ("failure_predictor_query_errors_total", labelled({}, signal="cpu", reason="unparsable_samples"))
+        ]
+        == 1
+    )
+
+
 def test_vanished_pod_is_forgotten_by_the_anomaly_history(tiny, settings):
     daemon, source, _ = make_daemon(tiny, settings, fetch_of(tiny, P1, P2, Q1))
     daemon.cycle()
@@ -233,14 +250,40 @@ def test_contribution_shares_of_each_target_sum_to_one_or_zero(tiny, settings):
 
     daemon.cycle()
 
-    totals = daemon.state.snapshot.contribution.sum(axis=1)
-    assert all(total == pytest.approx(1.0) or total == 0.0 for total in totals), totals
+    snapshot = daemon.state.snapshot
+    totals = snapshot.contribution.sum(axis=1)
+    at_risk = snapshot.probability >= 0.2
+    assert all(total == pytest.approx(1.0) or total == 0.0 for total in totals[at_risk]), totals
     assert (totals > 0).any()
     exported = series(daemon.registry, "failure_probability_contribution")
-    for target, total in zip(targets, totals, strict=True):
+    for target, total in zip(np.array(targets)[at_risk], totals[at_risk], strict=True):
         mine = [v for labels, v in exported.items() if labels >= labelled(target)]
         assert len(mine) == len(SIGNALS)
         assert sum(mine) == pytest.approx(total)
+
+
+@pytest.mark.parametrize("floor", ["minimal", "low", "medium"])
+def test_contribution_is_exported_only_for_targets_at_the_explain_risk_or_above(tiny, floor):
+    history = tiny.history
+    # Windows right before failures start and long before: some targets at risk, some not.
+    starts = np.argwhere(history.failed[:, 1:] & ~history.failed[:, :-1])[:4]
+    calm = [(t, WINDOW + 5) for t in range(4)]
+    windows = [history.frame.values[t, end - WINDOW + 1 : end + 1] for t, end in [*starts.tolist(), *calm]]
+    targets = tuple({"namespace": "a", "pod": f"p{i}"} for i in range(len(windows)))
+    frame = Frame(np.stack(windows), targets, history.frame.timestamps[-WINDOW:], SIGNALS)
+    settings = load_settings(None, environ={"FAILURE_PREDICTOR_EXPLAIN_MIN_RISK": floor})
+    daemon, _, _ = make_daemon(tiny, settings, Fetch(frame))
+
+    daemon.cycle()
+
+    probability = daemon.state.snapshot.probability
+    floor_probability = {"minimal": 0.0, "low": 0.2, "medium": 0.4}[floor]
+    expected = {t["pod"] for t, p in zip(targets, probability, strict=True) if p >= floor_probability}
+    exported = series(daemon.registry, "failure_probability_contribution")
+    assert {dict(labels)["pod"] for labels in exported} == expected
+    assert len(exported) == len(expected) * len(SIGNALS)
+    if floor == "low":
+        assert 0 < len(expected) < len(targets), probability
 
 
 def test_vanished_target_is_no_longer_exported(tiny, settings):

@@ -116,6 +116,17 @@ def test_dashboard_structure(path: Path) -> None:
             assert target["expr"].strip(), title
 
 
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda path: path.stem)
+def test_every_query_of_a_metric_selects_the_chosen_cluster(path: Path) -> None:
+    """Behind Thanos or Mimir several clusters share one view: every selector filters on $cluster."""
+    board = load(path)
+    names = [var["name"] for var in board["templating"]["list"]]
+    assert names[1] == "cluster"
+    for _, target in queries(board):
+        for selector in re.findall(r"[a-zA-Z_:]+\{[^}]*\}", target["expr"]):
+            assert 'cluster=~"$cluster"' in selector, (path.name, selector)
+
+
 def test_dashboard_uids_are_unique_and_links_resolve() -> None:
     boards = [load(path) for path in DASHBOARDS]
     uids = [board["uid"] for board in boards]
@@ -151,10 +162,10 @@ def test_target_detail_signal_panels_mirror_the_daemon_default_queries() -> None
     assert set(plotted) == set(DEFAULT_SIGNALS)
 
     def normalise(expr: str) -> str:
+        """The panel's pod scope is what the daemon's {selector} placeholder (extra matchers) holds."""
         expr = re.sub(r"\s+", "", expr)
-        expr = expr.replace('{namespace="$namespace",pod="$pod"}', "").replace(
-            'namespace="$namespace",pod="$pod",', ""
-        )
+        expr = expr.replace('cluster=~"$cluster",namespace="$namespace",pod="$pod"}', "{selector}}")
+        expr = expr.replace('cluster=~"$cluster",namespace="$namespace",pod="$pod",', "{selector}")
         return expr.replace("$__rate_interval", "{rate_window}").replace("namespace,pod", "{by}")
 
     for signal, expr in plotted.items():
@@ -257,6 +268,9 @@ def resolve_variables(board: dict[str, Any], prometheus_url: str, chosen: dict[s
             match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", substitute(var["query"], values))
             assert match, f"{name}: unsupported variable query {var['query']!r}"
             options = label_values(prometheus_url, *match.groups())
+            if not options and var.get("includeAll") and re.fullmatch(var["allValue"], ""):
+                values[name] = var["allValue"]  # e.g. cluster in a single-cluster setup: All matches ""
+                continue
             assert options, f"variable {name} ({var['query']}) has no options"
             if name in chosen:
                 assert chosen[name] in options, f"{name}: {chosen[name]} is not among {options}"

@@ -60,6 +60,9 @@ def test_demo_serves_metrics_and_prints_differing_probabilities() -> None:
     assert probabilities == sorted(probabilities, reverse=True)
     assert probabilities[0] > 0.5, last_table
     assert probabilities[0] - probabilities[-1] > 0.3, last_table
+    first_table = output.split("riskiest of", 2)[1]
+    assert re.search(r"\swarm 1\s", first_table), first_table  # a target's first cycle says it warms up
+    assert "samples of history so far" in first_table  # ... and what that means
 
 
 def test_busy_port_is_one_clear_error_before_any_table() -> None:

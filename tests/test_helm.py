@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,18 @@ import yaml
 
 from exporter.cli import main as cli_main
 from exporter.config import BOOTSTRAP_MODEL, load_settings
+from exporter.models.registry import activate
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "failure-predictor"
 RULES = REPO / "rules" / "failure-predictor.rules.yml"
 DASHBOARDS = REPO / "grafana" / "dashboards"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+CHART_DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
 KUBE_VERSION = "1.30.0"
 RELEASE, NAMESPACE = "fp", "monitoring"
 SECRET_DIR = "/etc/failure-predictor/secrets"
-OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "VerticalPodAutoscaler"}
 ALL_ON = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
 
 
@@ -80,24 +83,26 @@ def check_service_monitor(sm: dict[str, Any]) -> None:
     """The fields of monitoring.coreos.com/v1 ServiceMonitor the operator reads."""
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     spec = sm["spec"]
+    endpoints = "endpoints" if sm["kind"] == "ServiceMonitor" else "podMetricsEndpoints"
     assert set(spec) <= {
         "jobLabel",
         "namespaceSelector",
         "selector",
-        "endpoints",
+        endpoints,
         "targetLabels",
         "podTargetLabels",
     }
     assert spec["selector"]["matchLabels"]
-    assert spec["endpoints"]
+    assert spec[endpoints]
     duration = re.compile(r"^(\d+(ms|s|m|h))+$")
     endpoint_fields = {
         "port", "path", "scheme", "interval", "scrapeTimeout", "honorLabels", "relabelings",
         "metricRelabelings", "tlsConfig", "bearerTokenSecret", "authorization", "basicAuth",
     }  # fmt: skip
     relabel_fields = {"sourceLabels", "separator", "targetLabel", "regex", "modulus", "replacement", "action"}
-    for endpoint in spec["endpoints"]:
+    for endpoint in spec[endpoints]:
         assert set(endpoint) <= endpoint_fields
+        assert endpoint.get("scheme", "http") in {"http", "https"}
         assert isinstance(endpoint["port"], str)
         assert duration.match(endpoint["interval"]) and duration.match(endpoint["scrapeTimeout"])
         assert isinstance(endpoint["honorLabels"], bool)
@@ -107,6 +112,19 @@ def check_service_monitor(sm: dict[str, Any]) -> None:
                 "replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep",
                 "lowercase", "uppercase", "keepequal", "dropequal",
             }  # fmt: skip
+
+
+def check_vertical_pod_autoscaler(vpa: dict[str, Any]) -> None:
+    """The fields of autoscaling.k8s.io/v1 VerticalPodAutoscaler the VPA reads."""
+    assert vpa["apiVersion"] == "autoscaling.k8s.io/v1"
+    spec = vpa["spec"]
+    assert set(spec) <= {"targetRef", "updatePolicy", "resourcePolicy", "recommenders"}
+    assert spec["targetRef"]["apiVersion"] == "apps/v1"
+    assert spec["targetRef"]["kind"] in {"Deployment", "StatefulSet"}
+    assert spec["updatePolicy"]["updateMode"] in {"Off", "Initial", "Recreate", "Auto"}
+    for policy in spec["resourcePolicy"]["containerPolicies"]:
+        assert set(policy) <= {"containerName", "mode", "minAllowed", "maxAllowed", "controlledResources"}
+        assert set(policy["controlledResources"]) <= {"cpu", "memory"}
 
 
 def check_prometheus_rule(rule: dict[str, Any]) -> None:
@@ -130,10 +148,12 @@ def test_every_manifest_is_valid_kubernetes(chart, values_file):
     docs = render(chart, values_of(values_file))
     assert {"Deployment", "StatefulSet"} & {d["kind"] for d in docs}
     for doc in docs:
-        if doc["kind"] == "ServiceMonitor":
+        if doc["kind"] in ("ServiceMonitor", "PodMonitor"):
             check_service_monitor(doc)
         elif doc["kind"] == "PrometheusRule":
             check_prometheus_rule(doc)
+        elif doc["kind"] == "VerticalPodAutoscaler":
+            check_vertical_pod_autoscaler(doc)
         else:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
         assert doc["metadata"]["namespace"] == NAMESPACE
@@ -233,7 +253,9 @@ def test_rule_overrides_change_exactly_what_they_claim(chart):
         alert["annotations"]["runbook_url"] = f"https://wiki.example.com/runbooks#{anchor}"
     got = alerts_by_name(rule["spec"]["groups"])
     assert got == expected
-    assert got["HighFailureProbability"]["expr"] == "failure_probability > 0.9"
+    assert got["HighFailureProbability"]["expr"] == (
+        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.9'
+    )
     assert got["FailurePredictorCycleStale"]["expr"].startswith(
         'time() - failure_predictor_last_success_timestamp_seconds{job="failure-predictor"} > 600\n'
     )
@@ -288,6 +310,17 @@ def mount_secrets(docs: list[dict[str, Any]], config_text: str, directory: Path)
     return config_text.replace(SECRET_DIR, str(directory))
 
 
+def mount_models(config_text: str, directory: Path) -> str:
+    """What the volume holds once the trainer ran: a models directory whose ``active`` is a bundle
+    (check-config loads model.path, which on this machine is not the pod's volume)."""
+    path = (yaml.safe_load(config_text).get("model") or {}).get("path")
+    if path is None:
+        return config_text
+    shutil.copytree(BOOTSTRAP_MODEL, directory / "bootstrap")
+    activate(directory, "bootstrap")
+    return config_text.replace(path, str(directory))
+
+
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
 def test_configmap_passes_check_config(chart, values_file, tmp_path, capsys, monkeypatch):
     for key in [k for k in os.environ if k.startswith("FAILURE_PREDICTOR_")]:
@@ -297,14 +330,16 @@ def test_configmap_passes_check_config(chart, values_file, tmp_path, capsys, mon
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     config = tmp_path / "config.yaml"
-    config.write_text(mount_secrets(docs, configmap["data"]["config.yaml"], secrets))
+    config_text = mount_secrets(docs, configmap["data"]["config.yaml"], secrets)
+    config.write_text(mount_models(config_text, tmp_path / "models"))
     assert cli_main(["check-config", str(config)]) == 0
     settings = load_settings(config)
     assert (
         settings.listen.port
         == workload(docs)["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
     )
-    assert settings.shard.count == workload(docs)["spec"]["replicas"]
+    replicas_per_shard = values_of(values_file).get("replicasPerShard", 1)
+    assert settings.shard.count * replicas_per_shard == workload(docs)["spec"]["replicas"]
 
 
 def test_prometheus_credentials_come_from_the_secret(chart):
@@ -351,7 +386,7 @@ def test_pod_is_hardened_and_probes_real_endpoints(chart, values_file):
         assert security["allowPrivilegeEscalation"] is False
         assert security["capabilities"]["drop"] == ["ALL"]
     (container,) = pod["containers"]
-    assert container["args"] == ["run", "--config", "/etc/failure-predictor/config.yaml"]
+    assert container["args"][:3] == ["run", "--config", "/etc/failure-predictor/config.yaml"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     listen_port = daemon_config(docs)["listen"]["port"]
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
@@ -430,5 +465,6 @@ def test_trainer_without_persistence_fails_the_render(chart):
 
 def test_defaults_create_no_operator_objects_and_serve_the_bundled_model(chart):
     docs = render(chart, {})
-    assert {d["kind"] for d in docs} == {"Deployment", "Service", "ServiceAccount", "ConfigMap"}
+    released = [d for d in docs if "helm.sh/hook" not in d["metadata"].get("annotations", {})]
+    assert {d["kind"] for d in released} == {"Deployment", "Service", "ServiceAccount", "ConfigMap"}
     assert "model" not in daemon_config(docs), "the daemon's default is the bootstrap bundle in the package"

@@ -16,7 +16,8 @@ from exporter.models.bundle import load_bundle
 from exporter.models.normalize import (
     BURST_STEPS,
     EMBED_STEPS,
-    WARMUP_STEPS,
+    MIN_STEPS,
+    SETTLED_STEPS,
     AnomalyNormaliser,
     RunningStats,
 )
@@ -51,14 +52,23 @@ def test_a_spike_after_a_quiet_stretch_raises_one_alarm_whatever_the_unit() -> N
     for unit in (1.0, 1e-6, 1e4):
         scores = replay(unit * x)
         assert scores[400] > 0.8
-        assert scores[WARMUP_STEPS:400].max() < scores[400]
+        assert scores[SETTLED_STEPS:400].max() < scores[400]
         assert (scores[401:500] > 0).sum() == 0  # the rest of the burst is the same incident
         assert ((scores >= 0) & (scores < 1)).all()
 
 
-def test_a_series_that_never_moves_is_never_anomalous_and_warm_up_reads_zero() -> None:
+def test_a_series_that_never_moves_is_never_anomalous_and_the_first_samples_read_zero() -> None:
     assert replay(np.full(600, 3.0)).max() == 0.0
-    assert replay(noisy(600))[:WARMUP_STEPS].max() == 0.0
+    assert replay(noisy(600))[:MIN_STEPS].max() == 0.0
+
+
+def test_a_young_target_already_scores_a_spike_but_less_surely_than_an_old_one() -> None:
+    x = noisy(600)
+    young, old = x.copy(), x.copy()
+    young[8] = old[500] = x[:8].mean() + 12 * x[:8].std()
+    early, late = replay(young), replay(old)
+    assert early[8] > 0.6  # a spike on 8 samples of history already reads as one
+    assert early[8] < late[500]  # ... but with the uncertainty of 8 samples, not of 500
 
 
 def test_scores_do_not_depend_on_later_rows_or_on_how_rows_are_batched() -> None:

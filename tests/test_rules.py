@@ -33,7 +33,12 @@ from exporter.sources.simulate import SimulatedCluster
 
 RUNBOOK_BASE = "https://github.com/failure-predictor/failure-predictor/blob/main/docs/runbooks.md#"
 SEVERITIES = {"critical", "warning", "info"}
-TARGET_ALERTS = ("HighFailureProbability", "ElevatedFailureProbability", "AnomalousWorkloadBehaviour")
+TARGET_ALERTS = (
+    "HighFailureProbability",
+    "ElevatedFailureProbability",
+    "AnomalousWorkloadBehaviour",
+    "PredictedResourceExhaustion",
+)
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -73,23 +78,28 @@ def test_alerts_follow_the_mixin_conventions() -> None:
 
 
 def test_target_alerts_keep_the_target_labels() -> None:
-    """No aggregation in the failure alerts: namespace, pod (and any other target label) reach
-    Alertmanager, so it can route per team."""
+    """The failure alerts aggregate only across replicas (max without the scrape-side `instance`),
+    so namespace, pod, cluster and any other target label reach Alertmanager to route per team."""
     for alert in alerts():
         if alert["alert"] in TARGET_ALERTS:
-            assert not re.search(r"\b(sum|max|min|avg|count|topk)\b", alert["expr"]), alert["alert"]
+            expr = alert["expr"]
+            aggregations = re.findall(
+                r"\b(sum|max|min|avg|count|topk)\b\s*(by|without)?\s*(\([^)]*\))?", expr
+            )
+            assert aggregations == [("max", "without", "(instance)")], alert["alert"]
+            assert 'job="failure-predictor"' in expr, alert["alert"]
 
 
 def test_alerts_named_in_the_issue_have_their_thresholds() -> None:
     by_name = {alert["alert"]: alert for alert in alerts()}
     high, elevated = by_name["HighFailureProbability"], by_name["ElevatedFailureProbability"]
     assert (high["expr"], high["for"], high["labels"]["severity"]) == (
-        "failure_probability > 0.26",
+        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.26',
         "5m",
         "critical",
     )
     assert (elevated["expr"], elevated["for"], elevated["labels"]["severity"]) == (
-        "failure_probability > 0.15",
+        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.15',
         "15m",
         "warning",
     )
@@ -125,7 +135,9 @@ def test_rules_readme_documents_every_alert_threshold_and_for() -> None:
         assert severity == alert["labels"]["severity"], name
         assert duration == alert["for"], name
         if threshold != "-":
-            assert re.search(rf"> {re.escape(threshold)}\b", alert["expr"]), f"{name}: threshold {threshold}"
+            assert re.search(rf"[<>] {re.escape(threshold)}\b", alert["expr"]), (
+                f"{name}: threshold {threshold}"
+            )
     assert set(table) == {alert["alert"] for alert in alerts()}
 
 

@@ -23,9 +23,10 @@ from exporter.cli import main
 from exporter.config import BOOTSTRAP_MODEL, AnomalyRefitSettings, RetrainSettings, load_settings
 from exporter.models.bundle import ModelBundle, load_bundle, save_bundle
 from exporter.models.registry import activate, list_versions, resolve
+from exporter.sources.prometheus import plan_chunks
 from exporter.sources.simulate import History, simulate_history
 from exporter.training.dataset import SplitOptions, TrainingOptions
-from exporter.training.history import HistoryReader, plan_chunks
+from exporter.training.history import HistoryReader
 from exporter.training.refit import Refitter
 from exporter.training.train import train_bundle
 

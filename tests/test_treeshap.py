@@ -61,3 +61,8 @@ def test_infinite_values_count_as_missing(booster):
     shap = TreeShap.from_booster(booster)
 
     np.testing.assert_array_equal(shap.contributions(infinite), shap.contributions(X))
+
+
+def test_rows_of_the_wrong_width_are_refused_with_one_line(booster):
+    with pytest.raises(ValueError, match=r"the trees take rows of 8 features, got shape \(3, 5\)"):
+        TreeShap.from_booster(booster).contributions(np.zeros((3, 5)))

@@ -98,26 +98,27 @@ class ModelBundle:
         """``[features, signals]``: how SHAP values regroup by signal (features.signal_weights)."""
         return signal_weights(self.manifest.features, self.manifest.signals)
 
-    def score(self, features: Features, explain: bool = True) -> Scores:
+    def score(self, features: Features, explain: bool = True, explain_from: float = 0.0) -> Scores:
         """Score every row in one call of each model.
 
-        Exact SHAP explanations cost many times the prediction itself; callers that
-        only need the scores (backtests over long recordings) pass ``explain=False``
-        and get NaN contributions. Explanations come from ``TreeShap`` (the same
-        values as XGBoost's ``pred_contribs``, without its fixed cost per call).
+        Exact SHAP explanations cost many times the prediction itself, so only rows
+        whose probability is at least ``explain_from`` get them (the daemon explains
+        targets at risk); the others, and every row with ``explain=False`` (backtests),
+        get NaN. Explanations come from ``TreeShap`` (the same values as XGBoost's
+        ``pred_contribs``, without its fixed cost per call).
         """
         matrix = select(features, self.manifest.features)
-        if explain:
-            contributions = self.explainer.contributions(matrix)
-            margin = contributions.sum(axis=1)
-        else:
-            margin = self.classifier.margin(matrix)
-            contributions = np.full((len(matrix), len(self.manifest.features) + 1), np.nan)
+        margin = self.classifier.margin(matrix)
+        probability = self.classifier.calibrate(margin)
+        contributions = np.full((len(matrix), len(self.manifest.features) + 1), np.nan)
+        rows = np.flatnonzero(probability >= explain_from) if explain else np.empty(0, dtype=np.intp)
+        if len(rows):
+            contributions[rows] = self.explainer.contributions(matrix[rows])
         weights = self.signal_weights
         raw_anomaly = self.detector.raw_score(matrix) if len(matrix) else np.empty(0)
         return Scores(
             inputs=matrix,
-            probability=self.classifier.calibrate(margin),
+            probability=probability,
             anomaly=self.detector.unify(raw_anomaly),
             contributions=contributions,
             signal_contributions=contributions[:, :-1] @ weights,

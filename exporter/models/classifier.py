@@ -71,6 +71,8 @@ class FailureClassifier:
 
     def margin(self, X: np.ndarray) -> np.ndarray:
         """Raw log-odds of the trees, before calibration."""
+        if not len(X):  # XGBoost would print a plain-text warning, outside our JSON logs
+            return np.empty(0)
         # nthread=1: the default (all cores) costs ~28 ms per DMatrix on a busy 2-core host
         return self.booster_.predict(xgb.DMatrix(X, nthread=1), output_margin=True)
 

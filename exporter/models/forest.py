@@ -153,7 +153,8 @@ class ArrayForest:
         return self._isolation(X) + self.offset
 
     def _isolation(self, X: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(X, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range is +-inf, as in sklearn
+            X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ForestError(f"expected rows of {self.n_features} features, got shape {X.shape}")
         denominator = self.n_trees * float(average_path_length(self.max_samples))

@@ -5,11 +5,13 @@ whose latency never moves do not share a scale, and values far outside the train
 (10,000 taxi rides where the model saw ratios of a limit) saturate it. So each target is
 measured against its own past only, from three kinds of evidence per step:
 
-1. **value**: how far each signal's newest sample lies from that signal's running mean, in
-   running standard deviations (a trailing z-score, scale-free);
+1. **value**: how far each signal's newest sample lies from what was expected of it, in
+   predictive standard deviations. Expected is the signal's running mean, or, once a target's
+   history shows a daily (optionally weekly) rhythm, that time of day's profile plus the running
+   mean of the residual from it;
 2. **shape**: a null Isolation Forest's raw score of the newest ``EMBED_STEPS`` samples, each
-   standardised by the same running mean and deviation. The forest is fitted on independent
-   standard-normal windows, so it measures how unlike a stationary series of that mean and
+   standardised by the same expectation and deviation. The forest is fitted on independent
+   standard-normal windows, so it measures how unlike a stationary series of that level and
    spread the recent stretch is (a spike, a shift, a flat line, a changed rhythm), whatever the
    unit. It needs no history of its own and serves every target;
 3. **context**: the model bundle's Isolation Forest raw score over the window features of all
@@ -22,34 +24,65 @@ the usual oddness as 0. The evidence is z = mean(max over signals of 1, max over
 a step whose z is not above every z of the target's previous ``BURST_STEPS`` steps reads 0, so
 one incident raises one alarm, not one per step.
 
+**Short histories.** A mean and deviation from n samples are uncertain; the score accounts for
+it instead of waiting: a deviation is read as a Student t with n - 1 degrees of freedom against
+the predictive spread s * sqrt((n + 1) / (n - 1)) and turned into the normal z of the same tail
+probability. After ``MIN_STEPS`` samples a target scores, cautiously (a 10-sigma move on 5
+samples reads as about 2.4 sigma); by a few dozen samples the correction has faded. The band
+exported as ``signal_expected`` widens the same way.
+
+**Seasons.** Per period (daily; weekly when asked) each signal keeps ``SEASON_BINS`` bin means
+of the previous visits to that time of the period (a visit's samples join its bin when the next
+visit begins, so the profile never contains the stretch being judged) and running statistics of
+the residual from them. The profile is used for a signal once the target has been watched for
+``SEASON_MIN_PERIODS`` periods and the residual's variance is below ``SEASON_GAIN`` of the plain
+variance; otherwise the plain mean is. A pure function of the samples: deterministic.
+
 Running means and variances are exact over a target's first ``MEMORY_STEPS`` samples and
 exponentially weighted with that memory afterwards (Welford's update with a capped count):
-constant state per target, no history kept. A target reads 0 until it has ``WARMUP_STEPS``
-samples. Everything at step t depends on samples up to t only.
+constant state per target, no history kept. Everything at step t depends on samples up to t.
 
-Contract: ``AnomalyNormaliser.score`` takes rows in time order per target; the daemon passes one
-row per target per cycle, a backtest every row of a recording at once. Both run the same code.
+**Inheritance.** With a ``workload_of`` function, a target seen for the first time starts from
+the statistics of a live or recently vanished target of the same workload (a rolled-out pod
+from its predecessor), its burst memory fresh. Vanished targets are kept for this, one per
+workload and at most as many as are watched, so state stays bounded.
+
+Contract: ``AnomalyNormaliser.evaluate`` takes rows in time order per target; the daemon passes
+one row per target per cycle, a backtest or a warm-up replay every row of a recording at once.
+All run the same code.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from pyod.models.iforest import IForest
+from scipy import special
 
 from exporter.models.forest import ArrayForest
 
 EMBED_STEPS = 60  # samples per shape window (the daemon's default window: an hour at 60 s steps)
 MEMORY_STEPS = 10_000  # running statistics: exact up to this many samples, exponential afterwards
-WARMUP_STEPS = 60  # samples a target needs before its score means anything
+MIN_STEPS = 3  # samples a target needs before its score says anything (then t-corrected)
+SETTLED_STEPS = 60  # samples after which the short-history correction has mostly faded
 BURST_STEPS = 100  # a step must beat the previous this-many steps' evidence to be reported
 Z_CLIP = 50.0  # standardised samples beyond this are "far", however far
+BAND_Z = 3.0  # signal_expected: the band a normal sample leaves with probability 0.27 %
 NULL_ROWS = 10_000  # standard-normal windows the null forest is fitted on
+SEASONS = ("daily",)  # the profiles a normaliser keeps unless told otherwise
+SEASON_BINS = {"daily": 48, "weekly": 168}  # bins per period: 30 min of a day, 1 h of a week
+PERIOD_SECONDS = {"daily": 86_400.0, "weekly": 604_800.0}
+SEASON_MIN_PERIODS = 2.0  # periods watched before a profile may be used
+SEASON_GAIN = 0.5  # a profile is used when the residual keeps less than this share of the variance
+SEASON_MEMORY = 8  # visits per bin: exact up to this many, exponential afterwards
 SEED = 0
 
 TargetKey = tuple[tuple[str, str], ...]
+WorkloadOf = Callable[[Mapping[str, str]], object]
 
 
 @functools.cache
@@ -63,8 +96,51 @@ def null_forest(steps: int = EMBED_STEPS) -> ArrayForest:
     return ArrayForest.from_sklearn(fitted.detector_)
 
 
+def forest_score(forest: IForest, windows: np.ndarray) -> np.ndarray:
+    """The one place a forest is evaluated: raw outlier score of each row of ``windows``."""
+    return forest.decision_function(windows)
+
+
 def target_key(labels: Mapping[str, str]) -> TargetKey:
     return tuple(sorted(labels.items()))
+
+
+def workload_by(label: str, pattern: str) -> WorkloadOf | None:
+    """A ``workload_of`` for AnomalyNormaliser: the target's labels with ``label`` replaced by
+    ``pattern``'s first group (pod "cart-7d9f8b6c4-x2k4q" -> "cart"); None where it does not
+    match (a StatefulSet's "db-0" keeps its name across restarts anyway). No label: None."""
+    if not label:
+        return None
+    compiled = re.compile(pattern)
+
+    def of(target: Mapping[str, str]) -> object:
+        match = compiled.match(target.get(label, ""))
+        if match is None:
+            return None
+        return tuple(sorted((k, match.group(1) if k == label else v) for k, v in target.items()))
+
+    return of
+
+
+def normal_z(t: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """|t| read against a Student t with count - 1 degrees of freedom, as the normal z of the
+    same tail probability: the uncertainty of a mean and deviation from few samples."""
+    df = np.maximum(count - 1.0, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tail = special.stdtr(df, -np.abs(t))
+        return np.where(df > 1e4, np.abs(t), -special.ndtri(np.maximum(tail, 1e-300)))
+
+
+def band_width(count: np.ndarray) -> np.ndarray:
+    """Half-width of the expected band in predictive deviations: BAND_Z's tail under t(count - 1)."""
+    df = np.maximum(count - 1.0, 1.0)
+    return special.stdtrit(df, special.ndtr(BAND_Z))
+
+
+def predictive_factor(count: np.ndarray) -> np.ndarray:
+    """sqrt((n + 1) / (n - 1)): the spread of a new sample around a mean and deviation from n."""
+    n = np.maximum(count, 2.0)
+    return np.sqrt((n + 1.0) / (n - 1.0))
 
 
 class RunningStats:
@@ -77,26 +153,23 @@ class RunningStats:
         self.var = np.zeros((0, columns))
 
     def take(self, rows: np.ndarray) -> None:
-        """Keep the given state rows, in that order; -1 starts a fresh row."""
-        fresh = rows < 0
+        """Keep the given state rows, in that order (repeats copy); -1 starts a fresh row."""
         for name in ("count", "mean", "var"):
-            kept = getattr(self, name)[np.where(fresh, 0, rows)] if len(getattr(self, name)) else None
-            values = np.zeros((len(rows), self.count.shape[1])) if kept is None else kept
-            values[fresh] = 0.0
-            setattr(self, name, values)
+            setattr(self, name, _take(getattr(self, name), rows, 0.0))
+
+    def location(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(count, mean, predictive deviation) per row; mean and deviation are NaN until
+        MIN_STEPS samples. The deviation is floored at 1e-3 of the mean's size, so a series
+        that never moved reads any move as far."""
+        count, mean = self.count[rows], self.mean[rows]
+        scale = np.maximum(np.sqrt(self.var[rows]), 1e-3 * np.abs(mean) + 1e-9) * predictive_factor(count)
+        warm = count >= MIN_STEPS
+        return count, np.where(warm, mean, np.nan), np.where(warm, scale, np.nan)
 
     def z(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Signed z of ``x[rows, columns]`` against the statistics so far (NaN during warm-up)."""
-        mean, scale = self.location(rows)
-        return (x - mean) / scale
-
-    def location(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, deviation) per row; NaN until WARMUP_STEPS samples. The deviation is floored at
-        1e-3 of the mean's size, so a series that never moved reads any move as far."""
-        count, mean = self.count[rows], self.mean[rows]
-        scale = np.maximum(np.sqrt(self.var[rows]), 1e-3 * np.abs(mean) + 1e-9)
-        warm = count >= WARMUP_STEPS
-        return np.where(warm, mean, np.nan), np.where(warm, scale, np.nan)
+        """|z| of ``x[rows, columns]`` against the statistics so far, t-corrected (NaN while young)."""
+        count, mean, scale = self.location(rows)
+        return normal_z((x - mean) / scale, count)
 
     def update(self, rows: np.ndarray, x: np.ndarray) -> None:
         """Add one sample per row (rows distinct); NaN samples leave their statistics unchanged."""
@@ -111,85 +184,280 @@ class RunningStats:
         self.count[rows] = count
 
 
+class SeasonalProfile:
+    """Bin means of one period per (state row, signal), from completed visits only, and the
+    running statistics of the residual from them. Time only moves forward, so only the current
+    bin has an open visit: its sum and count are kept per (row, signal) until the next begins."""
+
+    def __init__(self, signals: int, period: float, bins: int) -> None:
+        self.period, self.bins = period, bins
+        self.width = period / bins
+        self.done = np.zeros((0, signals, bins))  # mean of completed visits
+        self.visits = np.zeros((0, signals, bins))
+        self.open = np.zeros((0, 3, signals))  # the open visit: absolute bin number, sum, count
+        self.residual = RunningStats(signals)
+
+    def take(self, rows: np.ndarray) -> None:
+        for name in ("done", "visits", "open"):
+            setattr(self, name, _take(getattr(self, name), rows, 0.0))
+        self.residual.take(rows)
+
+    def enter(self, rows: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's current bin and its level ``[rows, signals]`` (NaN: never visited before),
+        after folding an open visit that has ended into its bin."""
+        visit = np.floor(times / self.width)[:, None]
+        open_id, open_sum, open_n = self.open[rows].transpose(1, 0, 2)
+        ended = (open_id != visit) & (open_n > 0)
+        if ended.any():
+            r, s = np.nonzero(ended)
+            b = (open_id[r, s] % self.bins).astype(np.int64)
+            rr = rows[r]
+            visits = np.minimum(self.visits[rr, s, b] + 1, SEASON_MEMORY)
+            self.done[rr, s, b] += (open_sum[r, s] / open_n[r, s] - self.done[rr, s, b]) / visits
+            self.visits[rr, s, b] = visits
+        fresh = open_id != visit
+        self.open[rows] = np.stack(
+            [
+                np.broadcast_to(visit, open_id.shape),
+                np.where(fresh, 0.0, open_sum),
+                np.where(fresh, 0.0, open_n),
+            ],
+            axis=1,
+        )
+        b = (visit[:, 0] % self.bins).astype(np.int64)
+        done, seen = self.done[rows, :, b], self.visits[rows, :, b] > 0
+        return b, np.where(seen, done, np.nan)
+
+    def add(self, rows: np.ndarray, x: np.ndarray, level: np.ndarray) -> None:
+        """Add the newest sample to its open visit and its residual from ``level`` to the statistics."""
+        present = np.isfinite(x)
+        self.open[rows, 1] += np.where(present, x, 0.0)
+        self.open[rows, 2] += present
+        self.residual.update(rows, x - level)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the normaliser made of each input row."""
+
+    score: np.ndarray  # [rows] anomaly_score in [0, 1)
+    expected: (
+        np.ndarray
+    )  # [rows, signals, 3] lower, mean, upper expected for the newest sample (NaN: none yet)
+    history: np.ndarray  # [rows] samples behind the statistics (of the target's best-known signal)
+
+
 class AnomalyNormaliser:
     """Per-target state keyed by label set: running statistics of each signal and of each raw
-    score, and the last BURST_STEPS evidence values. Targets not passed to ``retain`` are dropped,
-    so the state is bounded by the targets currently watched."""
+    score, seasonal profiles, and the last BURST_STEPS evidence values. Targets not passed to
+    ``retain`` are dropped (or kept as their workload's donor), so the state is bounded by the
+    targets currently watched."""
 
-    def __init__(self, signals: Sequence[str], embed_steps: int = EMBED_STEPS) -> None:
+    def __init__(
+        self,
+        signals: Sequence[str],
+        embed_steps: int = EMBED_STEPS,
+        step: float = 60.0,
+        seasons: Sequence[str] | None = None,
+        workload_of: WorkloadOf | None = None,
+    ) -> None:
         self.signals = tuple(signals)
         self.embed_steps = embed_steps
+        self.step = step
+        self.workload_of = workload_of
         self._rows: dict[TargetKey, int] = {}
+        self._labels: list[Mapping[str, str]] = []
+        self._workloads: dict[object, int] = {}  # workload -> a state row of one of its targets
+        self._donors: dict[object, int] = {}  # workload -> state row of a vanished target
         self._values = RunningStats(len(self.signals))
         self._raw = RunningStats(len(self.signals) + 1)  # shape per signal, then the bundle forest
+        self._seasons = [
+            SeasonalProfile(len(self.signals), PERIOD_SECONDS[name], SEASON_BINS[name])
+            for name in (SEASONS if seasons is None else seasons)
+        ]
         self._recent = np.zeros((0, BURST_STEPS))
+        self._first = np.zeros(0)  # time of each row's first sample (NaN: none yet)
+        self.last_time = np.zeros(0)  # time of each row's newest sample (-inf: none yet)
+        self._last_score = np.zeros(0)  # what each row's newest sample scored
+        self._last_expected = np.zeros((0, len(self.signals), 3))
+        self.inherited = np.zeros(0, dtype=bool)  # rows that started from their workload's statistics
         self._forest = null_forest(embed_steps)
 
     def __len__(self) -> int:
         return len(self._rows)
 
+    def rows_of(self, targets: Sequence[Mapping[str, str]]) -> np.ndarray:
+        """State rows of these targets (-1 for one not watched)."""
+        return np.array([self._rows.get(target_key(t), -1) for t in targets], dtype=np.int64)
+
     def retain(self, targets: Sequence[Mapping[str, str]]) -> np.ndarray:
-        """Keep exactly these targets (new ones start fresh); returns their state rows, in order."""
+        """Keep exactly these targets; returns their state rows, in order. A new target starts
+        from its workload's statistics when ``workload_of`` finds one, else fresh."""
         keys = [target_key(labels) for labels in targets]
-        old = np.array([self._rows.get(key, -1) for key in keys], dtype=np.int64)
+        known = set(keys)
+        workloads = [self.workload_of(t) if self.workload_of else None for t in targets]
+        donors = dict(self._donors)
+        if self.workload_of is not None:
+            for key, row in self._rows.items():
+                if key not in known:  # vanished: the newest donor of its workload
+                    donors.pop(workload := self.workload_of(dict(key)), None)
+                    donors[workload] = row
+        old, inherited = [], []
+        for key, workload in zip(keys, workloads, strict=True):
+            row = self._rows.get(key, -1)
+            if row < 0 and workload is not None:
+                row = self._workloads.get(workload, donors.get(workload, -1))
+                inherited.append(row >= 0)
+            else:
+                inherited.append(False)
+            old.append(row)
+        kept_donors = list(donors.items())[-max(len(keys), 1) :]
+        order = np.array(old + [row for _, row in kept_donors], dtype=np.int64)
+        self._take(order, np.array(inherited + [False] * len(kept_donors), dtype=bool))
         self._rows = {key: row for row, key in enumerate(keys)}
-        self._values.take(old)
-        self._raw.take(old)
-        recent = (
-            self._recent[np.where(old < 0, 0, old)]
-            if len(self._recent)
-            else np.zeros((len(old), BURST_STEPS))
-        )
-        recent[old < 0] = -np.inf
-        self._recent = recent
+        self._labels = list(targets)
+        self.inherited = np.array(inherited, dtype=bool)
+        self._donors = {workload: len(keys) + i for i, (workload, _) in enumerate(kept_donors)}
+        self._workloads = {}
+        for row, workload in enumerate(workloads):
+            if workload is not None:
+                self._workloads.setdefault(workload, row)
         return np.arange(len(keys))
 
-    def score_frame(
-        self, values: np.ndarray, targets: Sequence[Mapping[str, str]], forest_raw: np.ndarray
-    ) -> np.ndarray:
-        """One daemon cycle: ``values[targets, time, signals]`` is the newest window of every
-        target watched now (targets not in it are dropped), ``forest_raw`` the bundle forest's raw
-        score of each. The newest step is taken as one new sample per target."""
-        return self.score(self.retain(targets), values, forest_raw)
+    def include(self, targets: Sequence[Mapping[str, str]]) -> np.ndarray:
+        """Watch these targets too, dropping none; returns their state rows, in order."""
+        known = {target_key(t) for t in self._labels}
+        self.retain(self._labels + [t for t in targets if target_key(t) not in known])
+        return self.rows_of(targets)
+
+    def _take(self, order: np.ndarray, inherited: np.ndarray) -> None:
+        self._values.take(order)
+        self._raw.take(order)
+        for season in self._seasons:
+            season.take(order)
+        fresh = (order < 0) | inherited
+        self._recent = _take(self._recent, order, -np.inf)
+        self._recent[fresh] = -np.inf
+        self._first = _take(self._first, order, np.nan)
+        self.last_time = _take(self.last_time, order, -np.inf)
+        self.last_time[fresh] = -np.inf
+        self._last_score = _take(self._last_score, order, 0.0)
+        self._last_score[fresh] = 0.0
+        self._last_expected = _take(self._last_expected, order, np.nan)
+
+    def adopt(self, other: AnomalyNormaliser, targets: Sequence[Mapping[str, str]]) -> int:
+        """Take over ``other``'s state of these targets where it holds more history than ours
+        (a warm-up replay finishing); returns how many were taken."""
+        mine, theirs = self.rows_of(targets), other.rows_of(targets)
+        take = (mine >= 0) & (theirs >= 0)
+        take[take] = other.history(theirs[take]) > self.history(mine[take])
+        dst, src = mine[take], theirs[take]
+        for a, b in [(self._values, other._values), (self._raw, other._raw)] + [
+            (s.residual, o.residual) for s, o in zip(self._seasons, other._seasons, strict=True)
+        ]:
+            for name in ("count", "mean", "var"):
+                getattr(a, name)[dst] = getattr(b, name)[src]
+        for s, o in zip(self._seasons, other._seasons, strict=True):
+            for name in ("done", "visits", "open"):
+                getattr(s, name)[dst] = getattr(o, name)[src]
+        self._recent[dst] = other._recent[src]
+        self._first[dst] = other._first[src]
+        self.last_time[dst] = other.last_time[src]
+        self._last_score[dst] = other._last_score[src]
+        self._last_expected[dst] = other._last_expected[src]
+        return int(take.sum())
 
     def forget_model(self) -> None:
         """A new bundle forest scores on a scale of its own: restart its raw statistics."""
         for name in ("count", "mean", "var"):
             getattr(self._raw, name)[:, -1] = 0.0
 
-    def score(self, rows: np.ndarray, windows: np.ndarray, forest_raw: np.ndarray) -> np.ndarray:
-        """``anomaly_score`` in [0, 1) of each input row.
+    def history(self, rows: np.ndarray) -> np.ndarray:
+        """Samples behind each row's statistics (of its best-known signal: a signal a target
+        never reports must not keep it "young" forever)."""
+        return self._values.count[rows].max(axis=1) if len(rows) else np.zeros(0)
+
+    def score_frame(
+        self,
+        values: np.ndarray,
+        targets: Sequence[Mapping[str, str]],
+        forest_raw: np.ndarray,
+        time: float | None = None,
+    ) -> np.ndarray:
+        """One daemon cycle: ``values[targets, time, signals]`` is the newest window of every
+        target watched now (targets not in it are dropped), ``forest_raw`` the bundle forest's raw
+        score of each. The newest step is taken as one new sample per target."""
+        if time is not None:
+            return self.cycle(values, targets, forest_raw, time).score
+        return self.evaluate(self.retain(targets), values, forest_raw).score
+
+    def cycle(
+        self, values: np.ndarray, targets: Sequence[Mapping[str, str]], forest_raw: np.ndarray, time: float
+    ) -> Evaluation:
+        """One daemon cycle at data time ``time``: like ``score_frame``, but a target whose state
+        already holds that sample (a warm-up replayed it, or the window did not move since the
+        last cycle) is not fed it twice and reads what it read then."""
+        rows = self.retain(targets)
+        due = self.last_time[rows] < time
+        self.evaluate(rows[due], values[due], forest_raw[due], np.full(int(due.sum()), time))
+        return Evaluation(self._last_score[rows], self._last_expected[rows], self.history(rows))
+
+    def score(
+        self, rows: np.ndarray, windows: np.ndarray, forest_raw: np.ndarray, times: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``anomaly_score`` of each input row; see ``evaluate``."""
+        return self.evaluate(rows, windows, forest_raw, times).score
+
+    def evaluate(
+        self, rows: np.ndarray, windows: np.ndarray, forest_raw: np.ndarray, times: np.ndarray | None = None
+    ) -> Evaluation:
+        """Score each input row and say what was expected of it.
 
         ``rows[i]`` is the state row (from ``retain``) of input row i, ``windows[i]`` its
         ``[steps, signals]`` samples ending at its own (NaN where missing; at least
-        ``embed_steps`` steps, the newest last) and ``forest_raw[i]`` the bundle forest's raw score
-        of that window. Input rows of one target must be in time order.
+        ``embed_steps`` steps, the newest last), ``forest_raw[i]`` the bundle forest's raw score
+        of that window and ``times[i]`` the newest sample's Unix time (None: no seasons). Input
+        rows of one target must be in time order.
         """
         rows = np.asarray(rows, dtype=np.int64)
         windows = np.asarray(windows, dtype=float)[:, -self.embed_steps :, :]
-        out = np.zeros(len(rows))
-        if not len(rows):
-            return out
+        n, signals = len(rows), len(self.signals)
+        out = np.zeros(n)
+        expected = np.full((n, signals, 3), np.nan)
+        if not n:
+            return Evaluation(out, expected, np.zeros(0))
         steps = _steps(rows)
-        # Pass 1: where each row's samples stand against the statistics before them.
-        mean = np.full((len(rows), len(self.signals)), np.nan)
-        scale = np.full_like(mean, np.nan)
+        # Pass 1: where each row's samples stand against the expectation before them.
+        offset = np.zeros((n, signals))
+        center = np.full((n, signals), np.nan)
+        scale = np.full_like(center, np.nan)
+        count = np.zeros_like(center)
+        history = np.zeros(n)
         for step in steps:
-            mean[step], scale[step] = self._values.location(rows[step])
-            self._values.update(rows[step], windows[step, -1, :])
+            r = rows[step]
+            when = None if times is None else np.asarray(times, dtype=float)[step]
+            history[step] = self.history(r)
+            count[step], center[step], scale[step], offset[step], entered = self._expect(r, when)
+            newest = windows[step, -1, :]
+            if when is not None:
+                self._watch(r, when, newest, entered)
+            self._values.update(r, newest)
         with np.errstate(invalid="ignore", divide="ignore"):
-            standard = (windows - mean[:, None, :]) / scale[:, None, :]
-            value_z = np.abs(standard[:, -1, :])
-            # A missing sample reads as the mean; a window with nothing to compare reads nothing.
+            level = offset + center
+            half = band_width(count) * scale
+            expected[:] = np.stack([level - half, level, level + half], axis=2)
+            # The season's level of the newest bin stands for the whole (short) window.
+            standard = (windows - level[:, None, :]) / scale[:, None, :]
+            value_z = normal_z(standard[:, -1, :], count)
+            # A missing sample reads as expected; a window with nothing to compare reads nothing.
             embedded = np.clip(np.nan_to_num(standard, nan=0.0), -Z_CLIP, Z_CLIP)
-            shape = self._forest.decision_function(embedded.transpose(0, 2, 1).reshape(-1, self.embed_steps))
-        shape = shape.reshape(len(rows), len(self.signals))
+            shape = forest_score(self._forest, embedded.transpose(0, 2, 1).reshape(-1, self.embed_steps))
+        shape = shape.reshape(n, signals)
         shape[~np.isfinite(scale)] = np.nan
         raw = np.column_stack([shape, forest_raw])
         # Pass 2: raw scores against the target's own raw scores so far, then bursts.
         for step in steps:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                raw_z = np.abs(self._raw.z(rows[step], raw[step]))
+            raw_z = self._raw.z(rows[step], raw[step])
             self._raw.update(rows[step], raw[step])
             evidence = np.column_stack(
                 [_nanmax(value_z[step]), _nanmax(raw_z[:, :-1]), np.nan_to_num(raw_z[:, -1], nan=0.0)]
@@ -198,7 +466,51 @@ class AnomalyNormaliser:
             fresh = evidence > recent.max(axis=1)
             self._recent[rows[step]] = np.column_stack([recent[:, 1:], evidence])
             out[step] = np.where(fresh, evidence / (1.0 + evidence), 0.0)
-        return out
+        # Rows of one target are in time order: the last assignment is its newest.
+        self._last_score[rows], self._last_expected[rows] = out, expected
+        return Evaluation(out, expected, history)
+
+    def _expect(self, rows: np.ndarray, times: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """(count, center, deviation, offset) per row and signal for the newest sample: the plain
+        running statistics (offset 0), or a season's profile level (offset) plus the statistics of
+        the residual from it, whichever the history supports (module docstring). Also returns
+        each season's (bin, level), for ``_watch``."""
+        count, center, scale = self._values.location(rows)
+        offset = np.zeros_like(center)
+        entered = []
+        if times is None:
+            return count, center, scale, offset, entered
+        best = self._values.var[rows] * SEASON_GAIN
+        for season in self._seasons:
+            b, level = season.enter(rows, times)
+            entered.append((b, level))
+            watched = (times - self._first[rows]) >= SEASON_MIN_PERIODS * season.period
+            s_count, s_center, s_scale = season.residual.location(rows)
+            var = season.residual.var[rows]
+            use = watched[:, None] & np.isfinite(level) & np.isfinite(s_scale) & (var < best)
+            best = np.where(use, var, best)
+            count, center, scale, offset = (
+                np.where(use, a, b)
+                for a, b in ((s_count, count), (s_center, center), (s_scale, scale), (level, offset))
+            )
+        return count, center, scale, offset, entered
+
+    def _watch(self, rows: np.ndarray, times: np.ndarray, x: np.ndarray, entered: list) -> None:
+        """Seasonal bookkeeping of the newest sample (after it was judged)."""
+        self._first[rows] = np.where(np.isfinite(self._first[rows]), self._first[rows], times)
+        self.last_time[rows] = np.maximum(self.last_time[rows], times)
+        for season, (_, level) in zip(self._seasons, entered, strict=True):
+            season.add(rows, x, level)
+
+
+def _take(array: np.ndarray, rows: np.ndarray, fill: float) -> np.ndarray:
+    """``array[rows]`` along the first axis, ``fill`` where rows is -1 (or the array is empty)."""
+    shape = (len(rows), *array.shape[1:])
+    if not len(array):
+        return np.full(shape, fill)
+    out = array[np.where(rows < 0, 0, rows)].copy()
+    out[rows < 0] = fill
+    return out
 
 
 def _nanmax(x: np.ndarray) -> np.ndarray:

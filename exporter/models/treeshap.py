@@ -108,6 +108,7 @@ class TreeShap:
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """SHAP values ``[rows, features + 1]`` on the margin, the last column the bias."""
+        self._check_width(X)
         out = np.zeros((len(X), self.n_features + 1))
         out[:, -1] = self.bias
         for start in range(0, len(X), CHUNK_ROWS):
@@ -122,6 +123,7 @@ class TreeShap:
 
     def margin(self, X: np.ndarray) -> np.ndarray:
         """XGBoost's raw margin: the values of the leaves each row reaches, plus the base."""
+        self._check_width(X)
         full = (1 << self.width) - 1
         out = np.full(len(X), self.base)
         for start in range(0, len(X), CHUNK_ROWS):
@@ -129,10 +131,14 @@ class TreeShap:
             out[part] += (self._met(X[part]) == full) @ self.value
         return out
 
+    def _check_width(self, X: np.ndarray) -> None:
+        if np.ndim(X) != 2 or np.shape(X)[1] != self.n_features:
+            raise TreeShapError(f"the trees take rows of {self.n_features} features, got shape {np.shape(X)}")
+
     def _met(self, X: np.ndarray) -> np.ndarray:
         """[rows, leaves] bit set of the path conditions each row meets."""
-        x = np.asarray(X, dtype=np.float32)[:, self.feature]  # [rows, leaves, width]
         with np.errstate(invalid="ignore", over="ignore"):
+            x = np.asarray(X, dtype=np.float32)[:, self.feature]  # [rows, leaves, width]
             x[np.isinf(x)] = np.nan  # XGBoost refuses infinities; here they are missing values
             met = ((x >= self.low) & (x < self.high)) | (np.isnan(x) & self.missing)
         return met @ (1 << np.arange(self.width))

@@ -26,6 +26,7 @@ from urllib.parse import unquote
 import numpy as np
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as PathParameter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -41,6 +42,7 @@ from exporter.service.daemon import Daemon, check_compatibility, served_horizon
 from exporter.service.history import ProbabilityHistory, TargetKey, target_key
 from exporter.service.predict import (
     DEFAULT_TOP_FEATURES,
+    MIN_POINTS,
     ApiError,
     Explained,
     Scorer,
@@ -50,7 +52,7 @@ from exporter.service.predict import (
     request_adapter,
     request_schema,
 )
-from exporter.snapshot import RISK_NAMES, Snapshot, risk_levels
+from exporter.snapshot import RISK_NAMES, Snapshot, risk_levels, top_shares
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,10 @@ PREDICTION_EXAMPLE = {
     },
     "recommendations": ["Memory is at 84% of its limit, growing 2.6 points per minute ..."],
 }
+
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "missing or wrong bearer token"}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"description": "no model is loaded"}}
 
 
 def _risk_name(value: Any) -> Any:
@@ -234,6 +240,7 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
     scorer = Scorer(max_rows=api.max_batch)
     adapter = request_adapter(settings.target_labels)
     protected = token_guard(api)
+    refusals = UNAUTHORIZED if protected else {}
     operations = protected if api.protect_metrics else []
     metrics = ApiMetrics.on(daemon.registry)
 
@@ -269,18 +276,23 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(daemon.registry), media_type=content_type)
 
-    @app.get("/healthz", dependencies=operations)
+    @app.get("/healthz", dependencies=operations, responses=refusals if api.protect_metrics else {})
     def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", dependencies=operations)
+    @app.get(
+        "/readyz",
+        dependencies=operations,
+        responses={503: {"description": "not ready: no model, or no recent successful cycle (`reason`)"}}
+        | (refusals if api.protect_metrics else {}),
+    )
     def readyz() -> JSONResponse:
         ready, reason = daemon.readiness()
         snapshot = daemon.state.snapshot
         body = {"ready": ready, "reason": reason, "targets": 0 if snapshot is None else len(snapshot.targets)}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/api/v1/targets", dependencies=protected)
+    @app.get("/api/v1/targets", dependencies=protected, responses=refusals)
     def targets(
         sort: Annotated[Literal["probability", "anomaly", "labels"], Query()] = "probability",
         order: Annotated[
@@ -299,8 +311,27 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
         matchers = parse_matchers(label or [], settings.target_labels)
         return targets_body(daemon, sort, order, risk, min_risk, matchers, limit)
 
-    @app.get("/api/v1/targets/{target:path}", dependencies=protected)
-    def target_detail(request: Request, top_features: TopFeatures = DEFAULT_TOP_FEATURES) -> dict[str, Any]:
+    @app.get(
+        "/api/v1/targets/{target:path}",
+        dependencies=protected,
+        responses=refusals
+        | {
+            404: {
+                "description": "no such target in the latest fresh cycle, or not one value per target label"
+            }
+        },
+    )
+    def target_detail(
+        request: Request,
+        target: Annotated[
+            str,
+            PathParameter(
+                description="the target's label values in the order of `target_labels`, joined by `/` "
+                "(percent-encode a `/` inside a value)"
+            ),
+        ],
+        top_features: TopFeatures = DEFAULT_TOP_FEATURES,
+    ) -> dict[str, Any]:
         """One target, named by its target-label values in order (e.g. `/api/v1/targets/shop/cart-1`)."""
         raw = request.scope.get("raw_path") or request.url.path.encode()
         parts = raw.decode("latin-1").split(TARGETS_PREFIX, 1)[-1].split("/")
@@ -317,7 +348,7 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
         ]
         return body
 
-    @app.get("/api/v1/model", dependencies=protected)
+    @app.get("/api/v1/model", dependencies=protected, responses=refusals | UNAVAILABLE)
     def model() -> JSONResponse:
         """The serving bundle's manifest (version, training window, metrics, features) and how it is served."""
         bundle = daemon.state.bundle
@@ -349,7 +380,9 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
             },
             404: {"description": "a target selector names no target of the latest fresh cycle"},
             422: {"description": "the body is invalid; `detail` names each bad field"},
-        },
+        }
+        | refusals
+        | UNAVAILABLE,
     )
     async def predict(request: Request, top_features: TopFeatures = DEFAULT_TOP_FEATURES) -> JSONResponse:
         """Score raw recent values per signal, or look up targets, one observation or a batch.
@@ -387,18 +420,36 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
                 answers[position] = _ordered(answer, None, horizon, version, end)
         return JSONResponse(answers[0] if parsed.single else {"predictions": answers})
 
+    schemas: dict[Any, dict[str, Any]] = {}
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        """The contract, exact for the serving model (its signals and window): rebuilt when a
+        reload changes the bundle."""
+        bundle = daemon.state.bundle
+        manifest = bundle.manifest if bundle else None
+        key = (manifest.signals, manifest.window_steps) if manifest else None
+        if key not in schemas:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            body = request_schema(settings.target_labels)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(body.pop("$defs", {}))
-            components["PredictRequest"] = {"title": "PredictRequest", **body}
-            app.openapi_schema = schema
-        return app.openapi_schema
+            signals, window = key or (tuple(settings.queries), MIN_POINTS)
+            bodies = request_schema(settings.target_labels, signals, window, api.max_batch)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(bodies)
+            _document_matchers(schema, settings.target_labels)
+            schemas.clear()
+            schemas[key] = schema
+        return schemas[key]
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _document_matchers(schema: dict[str, Any], target_labels: Sequence[str]) -> None:
+    """``label`` matchers name a target label: say which in the schema (parse_matchers checks)."""
+    pattern = f"^({'|'.join(re.escape(label) for label in target_labels)})!?="
+    for parameter in schema["paths"]["/api/v1/targets"]["get"]["parameters"]:
+        if parameter["name"] == "label":
+            for option in parameter["schema"]["anyOf"]:
+                if option.get("type") == "array":
+                    option["items"] = {"type": "string", "pattern": pattern}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -533,7 +584,8 @@ def targets_body(
         order_of = np.argsort(-score if descending else score, kind="stable")
         rows = np.asarray(rows, dtype=np.intp)[order_of].tolist()
     total, rows = len(rows), rows[:limit]
-    advice = describe(Explained.of_snapshot(snapshot, rows), [daemon.settings.step] * len(rows), 0)
+    explained = Explained.of_snapshot(snapshot, rows)
+    advice = describe(explained, [daemon.settings.step] * len(rows), 0)
     return {
         "ready": True,
         "data_time": snapshot.data_time,
@@ -548,11 +600,11 @@ def targets_body(
                 "anomaly_score": round(float(snapshot.anomaly[row]), 6),
                 "top_signals": [
                     {"signal": signal, "share": round(share, 4)}
-                    for signal, share in snapshot.top_signals(row)
+                    for signal, share in top_shares(snapshot.signals, shares)
                 ],
                 "recommendations": described["recommendations"],
             }
-            for row, described in zip(rows, advice, strict=True)
+            for row, described, shares in zip(rows, advice, explained.shares, strict=True)
         ],
     }
 

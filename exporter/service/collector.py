@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -23,6 +24,7 @@ from exporter.service.state import State
 from exporter.snapshot import Snapshot
 
 STAGES = ("query", "features", "score", "publish")
+BOUNDS = ("lower", "mean", "upper")
 # The libraries a bundle's behaviour depends on (label prefix: distributions that provide it),
 # reported next to the package version.
 BUILD_LIBRARIES = {
@@ -84,6 +86,22 @@ class SelfMetrics:
             "Targets scored in the last cycle without any sample of this signal in their window "
             "(scored from the other signals).",
             ["signal"],
+            registry=registry,
+        )
+        self.warmup_errors = Counter(
+            "failure_predictor_anomaly_warmup_errors_total",
+            "Anomaly warm-ups whose history could not be read (those targets started cold), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.warmup_running = Gauge(
+            "failure_predictor_anomaly_warmup_running",
+            "1 while anomaly statistics are being replayed from Prometheus history, else 0.",
+            registry=registry,
+        )
+        self.warmed_targets = Counter(
+            "failure_predictor_anomaly_warmed_targets_total",
+            "Targets whose anomaly statistics were taken over from a history replay.",
             registry=registry,
         )
         self.targets_dropped = Gauge(
@@ -179,15 +197,50 @@ class SnapshotCollector(Collector):
         )
         contribution = GaugeMetricFamily(
             "failure_probability_contribution",
-            "Share of the failure score attributed to each signal (SHAP, positive part, sums to 1).",
+            "Share of the failure score attributed to each signal (SHAP, positive part, sums to 1); "
+            "only targets at explain_min_risk (default low) or above.",
             labels=[*labels, "signal"],
         )
         levels = snapshot.risk
+        # Only targets at explain_min_risk or above are explained (SHAP is the costly part).
+        explained = ~np.isnan(snapshot.contribution).any(axis=1)
         for row, target in enumerate(snapshot.targets):
             values = [target.get(name, "") for name in labels]
             probability.add_metric([*values, snapshot.horizon], float(snapshot.probability[row]))
             risk.add_metric(values, int(levels[row]))
             anomaly.add_metric(values, float(snapshot.anomaly[row]))
-            for column, signal in enumerate(snapshot.signals):
-                contribution.add_metric([*values, signal], float(snapshot.contribution[row, column]))
+            if explained[row]:
+                for column, signal in enumerate(snapshot.signals):
+                    contribution.add_metric([*values, signal], float(snapshot.contribution[row, column]))
         yield from (probability, risk, anomaly, contribution)
+        if snapshot.bands is not None:
+            yield from _bands(snapshot, labels)
+
+
+def _bands(snapshot: Snapshot, labels: list[str]) -> Iterator[Metric]:
+    """signal_expected and signal_time_to_limit_seconds; a NaN (no band yet, not approaching the
+    limit) is simply absent."""
+    bands = snapshot.bands
+    expected = GaugeMetricFamily(
+        "signal_expected",
+        "The band anomaly_score expected the newest sample in (lower, mean, upper; 3 deviations, wider on short history).",
+        labels=[*labels, "signal", "bound"],
+    )
+    limit = GaugeMetricFamily(
+        "signal_time_to_limit_seconds",
+        "Seconds until the signal's ratio of its limit reaches 1.0 at the current trend (absent when not approaching).",
+        labels=[*labels, "signal"],
+    )
+    for row, target in enumerate(snapshot.targets):
+        values = [target.get(name, "") for name in labels]
+        for column, signal in enumerate(bands.signals):
+            if bands.expected is not None:
+                for bound, value in zip(BOUNDS, bands.expected[row, column].tolist(), strict=True):
+                    if value == value:
+                        expected.add_metric([*values, signal, bound], value)
+            seconds = float(bands.time_to_limit[row, column])
+            if seconds == seconds:
+                limit.add_metric([*values, signal], seconds)
+    if bands.expected is not None:
+        yield expected
+    yield limit

@@ -23,13 +23,15 @@ from exporter.config import Settings, format_duration
 from exporter.features import absent_signals, frame_features, reporting
 from exporter.frame import Frame
 from exporter.models.bundle import BundleError, ModelBundle
-from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser
+from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser, Evaluation, target_key, workload_by
+from exporter.models.trend import time_to_limit
 from exporter.redact import first_line, mask
 from exporter.service.collector import SelfMetrics, SnapshotCollector
 from exporter.service.drift import DriftTracker
 from exporter.service.reload import ModelWatcher
 from exporter.service.state import State
-from exporter.snapshot import Explanations, ModelInfo, Snapshot, contribution_shares
+from exporter.service.warmup import WarmUp
+from exporter.snapshot import Bands, Explanations, ModelInfo, Snapshot, contribution_shares, risk_floor
 from exporter.sources import Source
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,13 @@ def check_compatibility(bundle: ModelBundle, settings: Settings) -> list[str]:
     return problems
 
 
+def explained_shares(signal_contributions: np.ndarray) -> np.ndarray:
+    """Per-signal shares of explained rows; NaN for rows the cycle did not explain."""
+    shares = contribution_shares(signal_contributions)
+    shares[np.isnan(signal_contributions).any(axis=1)] = np.nan
+    return shares
+
+
 class Daemon:
     """Owns the state, the registry and the schedule; the HTTP layer only reads them."""
 
@@ -93,6 +102,15 @@ class Daemon:
         self._normaliser: AnomalyNormaliser | None = None
         self._silent: set[str] = set()
         self._clock = clock
+        read = getattr(source, "read_history", None)  # sources that can read the past warm-start
+        self._warmup = (
+            WarmUp(settings, read, lambda reason: self.metrics.warmup_errors.labels(reason).inc(), clock)
+            if read is not None and settings.anomaly.warmup > 0
+            else None
+        )
+        self._cold: set = set()  # first-seen targets waiting for a warm-up of their own
+        self._warmed_once = False
+        self._explain_from = risk_floor(settings.explain_min_risk)
         self._dropped = 0
         self._stopping = False
         self._scheduler = BackgroundScheduler(daemon=True)
@@ -109,15 +127,15 @@ class Daemon:
         for error in fetch.errors:
             self.metrics.query_errors.labels(error.signal, error.reason).inc()
         self._note_dropped(fetch.dropped)
-        failed = {error.signal for error in fetch.errors}
+        failed = {error.signal for error in fetch.errors if not error.partial}
         if failed >= set(self.source.signals):
             raise CycleFailed(f"every signal query failed: {fetch.errors[0].message}")
         with self.metrics.cycle_duration.labels("features").time():
             frame = self._scored_targets(fetch.frame, failed)
             features = frame_features(frame)
         with self.metrics.cycle_duration.labels("score").time():
-            scores = bundle.score(features)
-            anomaly = self._anomaly(frame, scores.raw_anomaly)
+            scores = bundle.score(features, explain_from=self._explain_from)
+            evaluation = self._anomaly(frame, scores.raw_anomaly, bundle)
         with self.metrics.cycle_duration.labels("publish").time():
             manifest = bundle.manifest
             snapshot = Snapshot(
@@ -128,10 +146,13 @@ class Daemon:
                 signals=manifest.signals,
                 targets=frame.targets,
                 probability=scores.probability,
-                anomaly=anomaly,
-                contribution=contribution_shares(scores.signal_contributions),
-                explanations=Explanations(manifest.features, scores.inputs, scores.contributions),
+                anomaly=evaluation.score,
+                contribution=explained_shares(scores.signal_contributions),
+                explanations=Explanations(
+                    manifest.features, scores.inputs, scores.contributions, bundle.explainer.contributions
+                ),
                 drift=self._drift.update(bundle, scores.inputs),
+                bands=self._bands(fetch.frame, evaluation),
             )
             self.state.snapshot = snapshot
             self.state.last_success = snapshot.created_at
@@ -168,9 +189,10 @@ class Daemon:
         self._dropped = dropped
         self.metrics.targets_dropped.set(dropped)
 
-    def _anomaly(self, frame: Frame, forest_raw: np.ndarray) -> np.ndarray:
+    def _anomaly(self, frame: Frame, forest_raw: np.ndarray, bundle: ModelBundle) -> Evaluation:
         """``anomaly_score`` of every target against its own history (models/normalize.py);
-        a change of signals or window length starts the history afresh."""
+        a change of signals or window length starts the history afresh. Warm-ups from history
+        (service/warmup.py) are started and adopted here, between cycles."""
         steps = min(EMBED_STEPS, frame.values.shape[1])
         normaliser = self._normaliser
         if (
@@ -178,8 +200,59 @@ class Daemon:
             or normaliser.signals != tuple(frame.signals)
             or normaliser.embed_steps != steps
         ):
-            normaliser = self._normaliser = AnomalyNormaliser(frame.signals, steps)
-        return normaliser.score_frame(frame.values, frame.targets, forest_raw)
+            normaliser = self._normaliser = self._new_normaliser(frame.signals, steps)
+            self._warmed_once = False
+        warmup = self._warmup
+        if warmup is not None:
+            self._adopt_warmup(normaliser, frame, bundle)
+            if not self._warmed_once or (self._cold and not warmup.running):
+                only, self._cold = (set(self._cold) if self._warmed_once else None), set()
+                if warmup.begin(lambda: self._new_normaliser(frame.signals, steps), bundle, only):
+                    self._warmed_once = True
+            self.metrics.warmup_running.set(int(warmup.running))
+        evaluation = normaliser.cycle(frame.values, frame.targets, forest_raw, frame.end)
+        if warmup is not None and self._warmed_once:
+            rows = normaliser.rows_of(frame.targets)
+            cold = (evaluation.history <= 1) & ~normaliser.inherited[rows]
+            self._cold.update(target_key(frame.targets[i]) for i in np.flatnonzero(cold))
+        return evaluation
+
+    def _new_normaliser(self, signals: tuple[str, ...], steps: int) -> AnomalyNormaliser:
+        anomaly = self.settings.anomaly
+        return AnomalyNormaliser(
+            signals,
+            steps,
+            step=self.settings.step,
+            seasons=anomaly.seasons,
+            workload_of=workload_by(anomaly.workload_label, anomaly.workload_pattern),
+        )
+
+    def _adopt_warmup(self, normaliser: AnomalyNormaliser, frame: Frame, bundle: ModelBundle) -> None:
+        """Take over a finished warm-up's statistics for the targets it holds more history of."""
+        finished = self._warmup.take() if self._warmup is not None else None
+        if finished is None:
+            return
+        warm, scored_with, _ = finished
+        if scored_with is not bundle:
+            warm.forget_model()
+        normaliser.retain(frame.targets)
+        taken = normaliser.adopt(warm, frame.targets)
+        self.metrics.warmed_targets.inc(taken)
+        log.info("anomaly statistics warmed from history", extra={"targets": taken})
+
+    def _bands(self, frame: Frame, evaluation: Evaluation) -> Bands:
+        """Expected bands (unless turned off) and time to limit of the configured signals."""
+        anomaly = self.settings.anomaly
+        limit = np.full((len(frame.targets), len(frame.signals)), np.nan)
+        for column, signal in enumerate(frame.signals):
+            if signal in anomaly.time_to_limit:
+                limit[:, column] = time_to_limit(frame.values[:, :, column], frame.step or self.settings.step)
+        return Bands(
+            signals=tuple(frame.signals),
+            expected=evaluation.expected if anomaly.bands else None,
+            time_to_limit=limit,
+            history=evaluation.history,
+        )
 
     def reload_model(self) -> None:
         """Swap in a newly activated bundle; a bad one is refused and the current one stays."""

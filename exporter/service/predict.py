@@ -152,11 +152,78 @@ def request_adapter(target_labels: Sequence[str]) -> TypeAdapter:
     return TypeAdapter(list[item])  # type: ignore[valid-type]
 
 
-def request_schema(target_labels: Sequence[str]) -> dict[str, Any]:
-    """JSON schema of a request body (one item or a list), refs pointing at OpenAPI components."""
-    selector = selector_model(target_labels)
-    item = Observation | selector  # type: ignore[valid-type]
-    return TypeAdapter(item | list[item]).json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[valid-type]
+# Durations the schema promises are accepted (1ms-7d as one term); "1h30m" and the like are too.
+STEP_PATTERN = r"^([1-9][0-9]{0,2}(ms|s|m)|([1-9][0-9]?|1[0-5][0-9]|16[0-8])h|[1-7]d)$"
+# RFC 3339 times the schema promises are accepted (days 1-28 so every month has them).
+TIME_PATTERN = (
+    r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$"
+)
+
+
+def request_schema(
+    target_labels: Sequence[str], signals: Sequence[str], window: int, max_batch: int
+) -> dict[str, dict[str, Any]]:
+    """JSON schemas (OpenAPI components) of a request body, exact for the serving model: what
+    they allow is accepted (or, for a selector, answered or a 404), what they forbid is a 422."""
+    observation = {
+        "title": "Observation",
+        "description": Observation.__doc__,
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["signals"],
+        "properties": {
+            "signals": {
+                "description": Observation.model_fields["signals"].description,
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"enum": list(signals)},
+                "additionalProperties": {
+                    "type": "array",
+                    "minItems": MIN_POINTS,
+                    "maxItems": window,
+                    "items": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+                },
+            },
+            "step": {
+                "description": Observation.model_fields["step"].description,
+                "anyOf": [
+                    {"type": "number", "minimum": 0.001, "maximum": MAX_STEP},
+                    {"type": "string", "pattern": STEP_PATTERN},
+                    {"type": "null"},
+                ],
+            },
+            "timestamp": {
+                "description": Observation.model_fields["timestamp"].description,
+                "anyOf": [
+                    {"type": "number", "minimum": 0, "exclusiveMaximum": 1e11},
+                    {"type": "string", "pattern": TIME_PATTERN},
+                    {"type": "null"},
+                ],
+            },
+        },
+        "examples": Observation.model_config["json_schema_extra"]["examples"],  # type: ignore[index]
+    }
+    selector = {
+        "title": "TargetSelector",
+        "description": "A target of the latest cycle, named by its target labels (answered from the latest scores).",
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(target_labels),
+        "properties": {label: {"type": "string"} for label in target_labels},
+    }
+    item = {
+        "oneOf": [
+            {"$ref": "#/components/schemas/Observation"},
+            {"$ref": "#/components/schemas/TargetSelector"},
+        ]
+    }
+    body = {
+        "title": "PredictRequest",
+        "description": f"one observation or selector, or a list of 1 to {max_batch} (api.max_batch)",
+        "anyOf": [item, {"type": "array", "minItems": 1, "maxItems": max_batch, "items": item}],
+    }
+    return {"Observation": observation, "TargetSelector": selector, "PredictRequest": body}
 
 
 @dataclass(frozen=True)
@@ -343,16 +410,24 @@ class Explained:
 
     @classmethod
     def of_snapshot(cls, snapshot: Snapshot, rows: Sequence[int]) -> Explained:
+        """The cycle's scores of ``rows``, explained: SHAP the cycle skipped (targets not at risk)
+        is computed here, so every answer the API gives is explained."""
         rows = np.asarray(rows, dtype=np.intp)
         explanations = snapshot.explanations
+        shares = snapshot.contribution[rows]
+        contributions = None
+        if explanations is not None:
+            contributions = explanations.rows(rows)
+            weights = signal_weights(explanations.features, snapshot.signals)
+            shares = contribution_shares(contributions[:, :-1] @ weights)
         return cls(
             signals=snapshot.signals,
             features=explanations.features if explanations else (),
             probability=snapshot.probability[rows],
             anomaly=snapshot.anomaly[rows],
-            shares=snapshot.contribution[rows],
+            shares=shares,
             values=explanations.values[rows] if explanations else None,
-            contributions=explanations.contributions[rows] if explanations else None,
+            contributions=contributions,
         )
 
 

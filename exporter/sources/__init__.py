@@ -18,9 +18,15 @@ from exporter.frame import Frame
 class QueryError:
     signal: str
     # short, low-cardinality: "timeout" (one attempt), "deadline" (the whole query), "connection",
-    # "tls", "http_4xx", "http_5xx", "promql", "bad_response", "shutdown"
+    # "tls", "http_4xx", "http_5xx", "promql", "bad_response", "shutdown"; partial ones:
+    # "duplicate_series", "unparsable_samples" (the signal was read, some series left out)
     reason: str
     message: str
+
+    @property
+    def partial(self) -> bool:
+        """The signal was read; only some of its series were left out."""
+        return self.reason in ("duplicate_series", "unparsable_samples")
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
 import math
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,13 +32,18 @@ import urllib3
 
 from exporter.config import PrometheusSettings, Settings
 from exporter.frame import Frame
+from exporter.memory import return_large_buffers
 from exporter.redact import mask, mask_url
 from exporter.sources import Fetch, QueryError
+from exporter.sources.matrix import Matrix, MatrixError, decode_matrix, matrix_of
 from exporter.sources.transport import AbortableAdapter, Attempts
+from exporter.sources.window import Key, RollingWindow
 
 log = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+# One answer decoded at a time: its temporaries (~3x the body) are the peak of a cycle.
+_DECODING = threading.Lock()
 _RETRYABLE_REASONS = frozenset({"timeout", "connection", "http_5xx"})
 
 
@@ -134,7 +141,7 @@ class PrometheusClient:
         path = self._settings.bearer_token_file
         return {} if path is None else {"Authorization": f"Bearer {path.read_text().strip()}"}
 
-    def query_range(self, query: str, start: float, end: float, step: float) -> list[dict]:
+    def query_range(self, query: str, start: float, end: float, step: float) -> Matrix:
         params = {
             "query": query,
             "start": f"{start:.3f}",
@@ -233,16 +240,24 @@ class PrometheusClient:
         self._session.close()
 
 
-def _decode(response: requests.Response) -> list[dict]:
+def _decode(response: requests.Response) -> Matrix:
+    body = response.content
+    if response.status_code == 200:
+        with _DECODING:
+            matrix = decode_matrix(body)
+        if matrix is not None:
+            return matrix
     try:
-        body = response.json()
+        with _gc_paused():
+            parsed = json.loads(body)
     except ValueError:
-        body = None
-    if not isinstance(body, dict):
+        parsed = None
+    if not isinstance(parsed, dict):
         raise QueryFailed(
             _status_reason(response.status_code),
             f"HTTP {response.status_code}, body is not a Prometheus JSON answer",
         )
+    body = parsed
     if body.get("status") != "success":
         error = f"{body.get('errorType', 'error')}: {body.get('error', 'no error message')}"
         if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
@@ -259,7 +274,10 @@ def _decode(response: requests.Response) -> list[dict]:
         or not isinstance(data.get("result"), list)
     ):
         raise QueryFailed("bad_response", "expected data.resultType 'matrix' with a result list")
-    return data["result"]
+    try:
+        return matrix_of(data["result"])
+    except MatrixError as exc:
+        raise QueryFailed("bad_response", str(exc)) from None
 
 
 def _status_reason(status: int) -> str:
@@ -268,23 +286,29 @@ def _status_reason(status: int) -> str:
     return "http_4xx" if status >= 400 else "bad_response"
 
 
-def parse_series(result: Sequence[dict], target_labels: Sequence[str]) -> tuple[list[Series], int]:
-    """Decode a matrix result; series lacking a target label are dropped and counted."""
+def parse_series(result: Matrix, target_labels: Sequence[str]) -> tuple[list[Series], int]:
+    """Split a matrix into series; those lacking a target label are dropped and counted."""
     series, unlabelled = [], 0
-    for item in result:
-        metric, samples = item.get("metric"), item.get("values")
-        if not isinstance(metric, dict) or not isinstance(samples, list):
-            raise QueryFailed("bad_response", "matrix entries need 'metric' and 'values'")
+    offsets = result.offsets
+    for i, metric in enumerate(result.labels):
         if any(label not in metric for label in target_labels):
             unlabelled += 1
             continue
-        try:
-            pairs = np.array(samples, dtype=float).reshape(-1, 2)
-        except (TypeError, ValueError) as exc:
-            raise QueryFailed("bad_response", f"unreadable samples: {exc}") from exc
+        part = slice(offsets[i], offsets[i + 1])
         key = tuple(metric[label] for label in target_labels)
-        series.append(Series(key, pairs[:, 0], pairs[:, 1]))
+        series.append(Series(key, result.timestamps[part], result.values[part]))
     return series, unlabelled
+
+
+def target_keys(result: Matrix, target_labels: Sequence[str]) -> tuple[list[Key | None], int]:
+    """The target key of each series (None when it lacks a target label) and how many lack one."""
+    keys: list[Key | None] = [
+        tuple(metric[label] for label in target_labels)
+        if all(name in metric for name in target_labels)
+        else None
+        for metric in result.labels
+    ]
+    return keys, sum(key is None for key in keys)
 
 
 def align(
@@ -317,26 +341,49 @@ def align(
     return values, keys, duplicated
 
 
-def choose_targets(
-    per_signal: Mapping[str, list[Series]], timestamps: np.ndarray, limit: int
-) -> tuple[set[tuple[str, ...]], int]:
-    """The targets to score: live ones only, at most ``limit``; and how many live ones did not fit.
+MAX_POINTS = 11_000  # Prometheus refuses range queries with more points per series
 
-    Live means a sample at the newest step in some signal. Counting before the limit
-    matters: pods that vanished minutes ago are still inside the window and would
-    otherwise take the slots of new pods for as long as the lookback.
-    """
-    step = timestamps[1] - timestamps[0] if len(timestamps) > 1 else 1.0
-    newest = timestamps[-1] - step / 2 if len(timestamps) else -math.inf
-    live = sorted(
-        {
-            s.key
-            for series in per_signal.values()
-            for s in series
-            if len(s.timestamps) and s.timestamps[-1] >= newest
-        }
-    )
-    return set(live[:limit]), max(0, len(live) - limit)
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows ending in [first, last] (step indices into the whole range)."""
+
+    first: int
+    last: int
+
+
+def plan_chunks(steps: int, chunk_steps: int, window_steps: int) -> list[Chunk]:
+    """Split ``steps`` into chunks whose queries (chunk + window lead-in) fit the point limit."""
+    if chunk_steps + window_steps - 1 > MAX_POINTS:
+        raise ValueError(
+            f"chunk of {chunk_steps} steps plus a {window_steps}-step window exceeds {MAX_POINTS} points"
+        )
+    return [Chunk(first, min(first + chunk_steps, steps) - 1) for first in range(0, steps, chunk_steps)]
+
+
+def read_range(
+    client: PrometheusClient,
+    settings: Settings,
+    timestamps: np.ndarray,
+    describe: Callable[[str], str] = str,
+    sharded: bool = True,
+) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """Every signal of every target (of this shard when ``sharded``) on the grid ``timestamps``,
+    one range query per signal: ``values[targets, time, signals]`` and the target keys. Raises
+    QueryFailed with the message "<describe(signal)> (<reason>): <error>"."""
+    per_signal = {}
+    for signal, query in settings.queries.items():
+        try:
+            result = client.query_range(query, timestamps[0], timestamps[-1], settings.step)
+            series, _ = parse_series(result, settings.target_labels)
+        except QueryFailed as exc:
+            raise QueryFailed(exc.reason, f"{describe(signal)} ({exc.reason}): {exc}") from exc
+        shard = settings.shard
+        if sharded and shard.count > 1:
+            series = [s for s in series if shard_of(s.key, shard.count) == shard.index]
+        per_signal[signal] = series
+    values, keys, _ = align(per_signal, tuple(settings.queries), timestamps, settings.max_targets)
+    return values, keys
 
 
 class ClashLog:
@@ -351,10 +398,10 @@ class ClashLog:
         self._labels = tuple(target_labels)
         self._state: dict[str, tuple[bool, bool]] = {}
 
-    def check(
-        self, signal: str, query: str, result: Sequence[dict], series: Sequence[Series], unlabelled: int
-    ) -> None:
-        state = (len({s.key for s in series}) < len(series), unlabelled > 0)
+    def check(self, signal: str, query: str, metrics: Sequence[dict], keys: Sequence[Key | None]) -> None:
+        """``metrics`` are a matrix's label sets, ``keys`` their target keys (None: a label is missing)."""
+        labelled = [key for key in keys if key is not None]
+        state = (len(set(labelled)) < len(labelled), len(labelled) < len(keys))
         if state == self._state.get(signal, (False, False)):
             return
         self._state[signal] = state
@@ -362,53 +409,31 @@ class ClashLog:
         if state[0]:
             log.warning(
                 "several series per target: only the first is used; aggregate the query by the target labels",
-                extra={**where, "target_labels": list(self._labels), "example": self._duplicates(result)},
+                extra={**where, "target_labels": list(self._labels), "example": _duplicates(metrics, keys)},
             )
         if state[1]:
-            example = next(item.get("metric") for item in result if self._key(item) is None)
+            example = next(metric for metric, key in zip(metrics, keys, strict=True) if key is None)
             log.warning(
                 "series without every target label are ignored",
                 extra={
                     **where,
                     "target_labels": list(self._labels),
-                    "series": unlabelled,
+                    "series": len(keys) - len(labelled),
                     "example": example,
                 },
             )
         if not any(state):
             log.info("series map onto targets again", extra=where)
 
-    def _key(self, item: dict) -> tuple[str, ...] | None:
-        metric = item.get("metric")
-        if not isinstance(metric, dict) or any(label not in metric for label in self._labels):
-            return None
-        return tuple(metric[label] for label in self._labels)
 
-    def _duplicates(self, result: Sequence[dict]) -> list[dict]:
-        first: dict[tuple[str, ...], dict] = {}
-        for item in result:
-            key = self._key(item)
-            if key is not None and key in first:
-                return [first[key], item["metric"]]
-            if key is not None:
-                first[key] = item["metric"]
-        return []
-
-
-def current_targets(
-    values: np.ndarray, keys: list[tuple[str, ...]]
-) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-    """Keep targets with a sample at the newest step in at least one signal.
-
-    A range query still returns a pod that vanished a minute ago (its older
-    samples are in the window); exporting it would be a stale series. Gauges
-    go stale at once; rate() signals linger for one rate window, as they do in
-    any PromQL dashboard.
-    """
-    if values.shape[1] == 0:
-        return values, keys
-    alive = np.isfinite(values[:, -1, :]).any(axis=1)
-    return values[alive], [key for key, keep in zip(keys, alive, strict=True) if keep]
+def _duplicates(metrics: Sequence[dict], keys: Sequence[Key | None]) -> list[dict]:
+    first: dict[Key, dict] = {}
+    for metric, key in zip(metrics, keys, strict=True):
+        if key is not None and key in first:
+            return [first[key], metric]
+        if key is not None:
+            first[key] = metric
+    return []
 
 
 def shard_of(key: Sequence[str], count: int) -> int:
@@ -417,11 +442,27 @@ def shard_of(key: Sequence[str], count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
-def in_shard(series: list[Series], index: int, count: int) -> list[Series]:
-    """The series of targets in shard ``index`` of ``count``."""
-    if count == 1:
-        return series
-    return [s for s in series if shard_of(s.key, count) == index]
+_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+
+def matcher(keys: Iterable[Key], target_labels: Sequence[str]) -> str:
+    """Label matchers (``{selector}``, with a trailing comma) that select at least ``keys``.
+
+    One regex alternation of exact values per target label: the cross product may
+    admit a few more targets (the same pod name in another namespace), which the
+    caller drops. Prometheus resolves such alternations from its index, not by regex.
+    """
+    columns = zip(*keys, strict=True)
+    parts = []
+    for label, values in zip(target_labels, columns, strict=True):
+        alternatives = "|".join(_regex_literal(value) for value in sorted(set(values)))
+        escaped = alternatives.replace("\\", "\\\\").replace('"', '\\"')
+        parts.append(f'{label}=~"{escaped}",')
+    return "".join(parts)
+
+
+def _regex_literal(value: str) -> str:
+    return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in value)
 
 
 @contextmanager
@@ -436,8 +477,37 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass(frozen=True)
+class _Read:
+    """One query of one signal: the time columns it covers and, when restricted, the rows it is for."""
+
+    signal: int
+    first: int  # window column the query starts at
+    last: int  # window column it ends at (inclusive)
+    rows: tuple[int, ...] | None = None  # None: every target the query returns
+
+
+@dataclass
+class _Outcome:
+    keys: list[Key] = field(default_factory=list)
+    samples: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    error: QueryError | None = None
+    duplicated: bool = False
+    unparsable: int = 0
+
+
 class PrometheusSource:
-    """The window of every configured signal for every target, one query per signal."""
+    """The window of every configured signal for every target, rolled forward cycle by cycle.
+
+    A full fetch (one range query per signal over the whole window) happens at start,
+    after a gap longer than the window, after a signal failed, and every
+    ``full_refresh``; a config change restarts the daemon and so starts afresh. Every
+    other cycle reads only the steps since the last one plus ``reread_steps`` before
+    them (where late samples land), again one query per signal for every target, and
+    fetches the history of targets new to the window in one batched query per signal
+    (``{selector}`` narrowed to them). A shard reads the newest steps of every target
+    to learn which exist, and history only for its own (see ShardSettings).
+    """
 
     def __init__(
         self,
@@ -448,59 +518,183 @@ class PrometheusSource:
         self._settings = settings
         self._client = client or PrometheusClient(settings.prometheus)
         self._clock = clock
-        self._queries = settings.queries
-        self.signals = tuple(self._queries)
+        return_large_buffers()
+        self._templates = settings.signal_templates
+        self.signals = tuple(self._templates)
+        self._points = round(settings.lookback / settings.step)
         self._clashes = ClashLog(settings.target_labels)
         self._pool = ThreadPoolExecutor(max_workers=len(self.signals), thread_name_prefix="query")
+        # At most two whole-window answers in memory at once: one arriving while one decodes.
+        self._whole = threading.Semaphore(2)
+        self._window: RollingWindow | None = None
+        self._full_at = -math.inf
+        self._stale: set[int] = set()
+        for signal, template in self._templates.items():
+            if "{selector}" not in template and settings.shard.count > 1:
+                log.warning(
+                    "signal query has no {selector}: this shard reads its whole window for every target",
+                    extra={"signal": signal},
+                )
 
     def window(self) -> np.ndarray:
         """Timestamps of the window ending at the last whole step before now."""
         step = self._settings.step
         end = math.floor(self._clock() / step) * step
-        points = round(self._settings.lookback / step)
-        return end - step * np.arange(points - 1, -1, -1, dtype=float)
+        return end - step * np.arange(self._points - 1, -1, -1, dtype=float)
 
     def fetch(self) -> Fetch:
-        timestamps = self.window()
-        with _gc_paused():
-            futures = {
-                signal: self._pool.submit(self._read_signal, signal, query, timestamps)
-                for signal, query in self._queries.items()
-            }
-            outcomes = {signal: future.result() for signal, future in futures.items()}
-        shard = self._settings.shard
-        per_signal = {
-            s: in_shard(o, shard.index, shard.count) for s, o in outcomes.items() if isinstance(o, list)
-        }
-        errors = [o for o in outcomes.values() if isinstance(o, QueryError)]
-        kept, dropped = choose_targets(per_signal, timestamps, self._settings.max_targets)
-        per_signal = {signal: [s for s in series if s.key in kept] for signal, series in per_signal.items()}
-        values, keys, duplicated = align(per_signal, self.signals, timestamps, max(len(kept), 1))
-        values, keys = current_targets(values, keys)
-        errors += [
-            QueryError(
-                s,
-                "duplicate_series",
-                f"several series per target: aggregate by {self._settings.target_labels}",
-            )
-            for s in sorted(duplicated)
+        end = float(self.window()[-1])
+        window, recent = self._roll(end)
+        sharded = self._settings.shard.count > 1
+        every = range(len(self.signals))
+        first_reads = [
+            _Read(s, 0 if (s in self._stale and not sharded) else self._points - recent, self._points - 1)
+            for s in every
         ]
+        known = len(window.keys)
+        errors = self._apply(window, first_reads, self._run(window, first_reads))
+        failed = {s for s, _, hard in errors if hard}
+        history = [
+            _Read(s, 0, first.first - 1, tuple(range(0 if s in self._stale else known, len(window.keys))))
+            for s, first in zip(every, first_reads, strict=True)
+            if first.first > 0 and s not in failed and self._history_pays(s)
+        ]
+        history = [read for read in history if read.rows]
+        if history:
+            errors += self._apply(window, history, self._run(window, history))
+        failed = {s for s, _, hard in errors if hard}
+        self._stale = failed
+        for s in failed:
+            window.clear(s)
+        window.evict()
+        values, keys, dropped = window.current(self._settings.max_targets)
         targets = tuple(dict(zip(self._settings.target_labels, key, strict=True)) for key in keys)
-        frame = Frame(values=values, targets=targets, timestamps=timestamps, signals=self.signals)
-        return Fetch(frame=frame, errors=tuple(errors), dropped=dropped)
+        frame = Frame(
+            values=values, targets=targets, timestamps=window.timestamps.copy(), signals=self.signals
+        )
+        reported = tuple(error for _, error, _ in sorted(errors, key=lambda e: e[0]))
+        return Fetch(frame=frame, errors=reported, dropped=dropped)
 
-    def _read_signal(self, signal: str, query: str, timestamps: np.ndarray) -> list[Series] | QueryError:
+    def _history_pays(self, signal: int) -> bool:
+        """Without {selector} a history read returns every target's window: worth it only when the
+        rows need it for certain (a shard's own targets, a signal being re-read), not for new pods,
+        whose older samples exist only if they arrived later than ``reread_steps``."""
+        narrowable = "{selector}" in self._templates[self.signals[signal]]
+        return narrowable or self._settings.shard.count > 1 or signal in self._stale
+
+    def _roll(self, end: float) -> tuple[RollingWindow, int]:
+        """The window moved to ``end`` and how many newest columns to (re-)read for every target."""
+        settings, window = self._settings, self._window
+        sharded = settings.shard.count > 1
+        full = (
+            window is None
+            or end < window.end
+            or end - self._full_at >= settings.full_refresh
+            or (end - window.end) / settings.step + settings.reread_steps >= self._points
+        )
+        if full:
+            window = self._window = RollingWindow(self._points, len(self.signals), settings.step, end)
+            self._full_at = end
+            self._stale = set(range(len(self.signals)))
+            # A shard learns who exists from the newest steps, then reads history for its own only.
+            return window, min(settings.reread_steps + 1, self._points) if sharded else self._points
+        shift = window.advance(end)
+        return window, min(shift + settings.reread_steps, self._points)
+
+    def _run(self, window: RollingWindow, reads: list[_Read]) -> list[_Outcome]:
+        with _gc_paused():
+            futures = [self._pool.submit(self._read, window, read) for read in reads]
+            return [future.result() for future in futures]
+
+    def _read(self, window: RollingWindow, read: _Read) -> _Outcome:
+        """Query one signal for ``read`` and key its series (the window is not touched here)."""
+        signal = self.signals[read.signal]
+        template = self._templates[signal]
+        selector = ""
+        if read.rows is not None and "{selector}" in template:
+            selector = matcher([window.keys[i] for i in read.rows], self._settings.target_labels)
+        query = self._settings.fill(template, selector)
+        start, end = window.timestamps[read.first], window.timestamps[read.last]
+        whole = read.rows is None and read.last - read.first > self._settings.reread_steps
         try:
-            result = self._client.query_range(query, timestamps[0], timestamps[-1], self._settings.step)
-            series, unlabelled = parse_series(result, self._settings.target_labels)
-            self._clashes.check(signal, query, result, series, unlabelled)
+            with self._whole if whole else nullcontext():
+                result = self._client.query_range(query, start, end, self._settings.step)
         except QueryFailed as exc:
             log.warning("query failed", extra={"signal": signal, "reason": exc.reason, "error": str(exc)})
-            return QueryError(signal, exc.reason, str(exc))
-        if unlabelled and not series:
+            return _Outcome(error=QueryError(signal, exc.reason, str(exc)))
+        keys, unlabelled = target_keys(result, self._settings.target_labels)
+        if read.rows is None:  # narrowed reads see a subset: they would flap the clash state
+            self._clashes.check(signal, self._settings.fill(template), result.labels, keys)
+        return self._keyed(signal, result, keys, unlabelled, read, window)
+
+    def _keyed(
+        self,
+        signal: str,
+        result: Matrix,
+        keys: list[Key | None],
+        unlabelled: int,
+        read: _Read,
+        window: RollingWindow,
+    ) -> _Outcome:
+        if unlabelled and unlabelled == len(keys):
             labels = ", ".join(self._settings.target_labels)
-            return QueryError(signal, "missing_labels", f"no series carries all target labels ({labels})")
-        return series
+            message = f"no series carries all target labels ({labels})"
+            return _Outcome(error=QueryError(signal, "missing_labels", message))
+        shard = self._settings.shard
+        wanted = None if read.rows is None else {window.keys[i] for i in read.rows}
+        outcome, seen = _Outcome(unparsable=result.unparsable), set()
+        for i, key in enumerate(keys):
+            if key is None or (wanted is not None and key not in wanted):
+                continue
+            if shard.count > 1 and shard_of(key, shard.count) != shard.index:
+                continue
+            if key in seen:
+                outcome.duplicated = True
+                continue
+            seen.add(key)
+            part = slice(result.offsets[i], result.offsets[i + 1])
+            outcome.keys.append(key)
+            outcome.samples.append((result.timestamps[part], result.values[part]))
+        return outcome
+
+    def _apply(
+        self, window: RollingWindow, reads: list[_Read], outcomes: list[_Outcome]
+    ) -> list[tuple[int, QueryError, bool]]:
+        """Write what each read returned into its columns; the errors as (signal index, error, hard).
+
+        A hard error (the query failed) leaves the signal unread; a soft one (duplicate or
+        unreadable series) only says that some series were left out."""
+        errors = []
+        for read, outcome in zip(reads, outcomes, strict=True):
+            signal = self.signals[read.signal]
+            if outcome.error is not None:
+                errors.append((read.signal, outcome.error, True))
+                continue
+            window.clear(read.signal, read.first, read.last, read.rows)
+            rows = np.asarray(window.add(outcome.keys), dtype=np.intp)
+            if outcome.samples:
+                counts = [len(t) for t, _ in outcome.samples]
+                window.put(
+                    read.signal,
+                    np.repeat(rows, counts),
+                    np.concatenate([t for t, _ in outcome.samples]),
+                    np.concatenate([v for _, v in outcome.samples]),
+                    read.first,
+                    read.last,
+                )
+            if outcome.duplicated:
+                message = f"several series per target: aggregate by {self._settings.target_labels}"
+                errors.append((read.signal, QueryError(signal, "duplicate_series", message), False))
+            if outcome.unparsable:
+                message = f"{outcome.unparsable} series dropped: a sample is not a number"
+                errors.append((read.signal, QueryError(signal, "unparsable_samples", message), False))
+        return errors
+
+    def read_history(self, timestamps: np.ndarray) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+        """Every signal on an earlier grid (the anomaly warm start); raises QueryFailed."""
+        return read_range(
+            self._client, self._settings, timestamps, lambda signal: f"history of signal {signal!r}"
+        )
 
     def close(self) -> None:
         """Abandon the queries in flight (shutdown); their threads end at once."""

@@ -20,42 +20,30 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from exporter.config import Settings
 from exporter.features import feature_names
-from exporter.sources.prometheus import PrometheusClient, QueryFailed, align, parse_series
+from exporter.sources.prometheus import (
+    Chunk,
+    PrometheusClient,
+    QueryFailed,
+    align,
+    parse_series,
+    plan_chunks,
+    read_range,
+)
 from exporter.training.dataset import Dataset, TrainingOptions, window_rows
 from exporter.training.incidents import Incident
 from exporter.training.labels import failure_starts, horizon_labels
 
 log = logging.getLogger(__name__)
 
-MAX_POINTS = 11_000  # Prometheus refuses range queries with more points per series
-
 
 class HistoryError(Exception):
     """History could not be read; the message says which query and chunk."""
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Rows ending in [first, last] (step indices into the whole range)."""
-
-    first: int
-    last: int
-
-
-def plan_chunks(steps: int, chunk_steps: int, window_steps: int) -> list[Chunk]:
-    """Split ``steps`` into chunks whose queries (chunk + window lead-in) fit the point limit."""
-    if chunk_steps + window_steps - 1 > MAX_POINTS:
-        raise ValueError(
-            f"chunk of {chunk_steps} steps plus a {window_steps}-step window exceeds {MAX_POINTS} points"
-        )
-    return [Chunk(first, min(first + chunk_steps, steps) - 1) for first in range(0, steps, chunk_steps)]
 
 
 class HistoryReader:
@@ -178,12 +166,17 @@ class HistoryReader:
         lead_in = self.options.window_steps - 1
         first = max(chunk.first - lead_in, 0)
         window_times = timestamps[first : chunk.last + 1]
-        per_signal = {
-            signal: self._query(f"signal {signal!r}", query, window_times[0], window_times[-1])
-            for signal, query in self.settings.queries.items()
-        }
-        values, chunk_keys, _ = align(per_signal, self.signals, window_times, self.settings.max_targets)
-        del per_signal
+        span = f"[{window_times[0]:.0f}, {window_times[-1]:.0f}]"
+        try:
+            values, chunk_keys = read_range(
+                self.client,
+                self.settings,
+                window_times,
+                lambda signal: f"signal {signal!r} query failed for {span}",
+                sharded=False,
+            )
+        except QueryFailed as exc:
+            raise HistoryError(str(exc)) from exc
         never = np.zeros(len(timestamps), bool)
         timeline = (
             np.stack([failed.get(key, never) for key in chunk_keys])

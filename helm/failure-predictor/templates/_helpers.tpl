@@ -91,5 +91,90 @@ app.kubernetes.io/part-of: failure-predictor
 {{- if include "failure-predictor.modelVolume" . }}{{- $modelPath = .Values.model.mountPath }}{{- end }}
 {{- $managed := dict "prometheus" $prom "listen" (dict "address" "0.0.0.0" "port" (int .Values.containerPort)) "shard" (dict "index" 0 "count" (int .Values.shards)) }}
 {{- if $modelPath }}{{- $_ := set $managed "model" (dict "path" $modelPath) }}{{- end }}
+{{- $api := dict }}
+{{- if .Values.api.tokenSecret.name }}{{- $_ := set $api "token_file" (printf "%s/token" (include "failure-predictor.apiDir" .)) }}{{- end }}
+{{- if .Values.api.tlsSecret }}
+{{- $_ := set $api "tls_cert_file" (printf "%s/tls.crt" (include "failure-predictor.tlsDir" .)) }}
+{{- $_ := set $api "tls_key_file" (printf "%s/tls.key" (include "failure-predictor.tlsDir" .)) }}
+{{- end }}
+{{- if .Values.api.protectMetrics }}
+{{- if not .Values.api.tokenSecret.name }}{{- fail "api.protectMetrics needs api.tokenSecret.name" }}{{- end }}
+{{- $_ := set $api "protect_metrics" true }}
+{{- end }}
+{{- if $api }}{{- $_ := set $managed "api" $api }}{{- end }}
 {{- toYaml (merge $managed (deepCopy .Values.config)) }}
+{{- end }}
+
+{{/* Where the API token and the TLS certificate are mounted. */}}
+{{- define "failure-predictor.apiDir" -}}/etc/failure-predictor/api{{- end }}
+{{- define "failure-predictor.tlsDir" -}}/etc/failure-predictor/tls{{- end }}
+
+{{/* http or https: how the daemon serves, so how Prometheus, probes and helm test reach it. */}}
+{{- define "failure-predictor.scheme" -}}
+{{- if .Values.api.tlsSecret }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/* The labels kube-prometheus-stack selects monitors and rules by, plus the object's own. */}}
+{{- define "failure-predictor.monitorLabels" -}}
+{{- include "failure-predictor.labels" .root }}
+{{- with .root.Values.releaseLabel }}
+release: {{ . }}
+{{- end }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* One scrape endpoint, shared by the ServiceMonitor and the PodMonitor. */}}
+{{- define "failure-predictor.scrapeEndpoint" -}}
+{{- $sm := .Values.serviceMonitor }}
+port: http
+path: /metrics
+scheme: {{ default (include "failure-predictor.scheme" .) $sm.scheme }}
+interval: {{ $sm.interval }}
+scrapeTimeout: {{ $sm.scrapeTimeout }}
+honorLabels: {{ $sm.honorLabels }}
+{{- if $sm.tlsConfig }}
+tlsConfig:
+  {{- toYaml $sm.tlsConfig | nindent 2 }}
+{{- else if .Values.api.tlsSecret }}
+tlsConfig:
+  ca:
+    secret:
+      name: {{ .Values.api.tlsSecret }}
+      key: ca.crt
+  serverName: {{ include "failure-predictor.fullname" . }}.{{ .Release.Namespace }}.svc
+{{- end }}
+{{- if $sm.authorization }}
+authorization:
+  {{- toYaml $sm.authorization | nindent 2 }}
+{{- else if .Values.api.protectMetrics }}
+authorization:
+  type: Bearer
+  credentials:
+    name: {{ .Values.api.tokenSecret.name }}
+    key: {{ .Values.api.tokenSecret.key }}
+{{- end }}
+{{- with $sm.relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $sm.metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A probe of `path` from inside the pod, with the API token (api.protectMetrics). */}}
+{{- define "failure-predictor.execProbe" -}}
+exec:
+  command:
+    - python
+    - -c
+    - |
+      import ssl, sys, urllib.request
+      token = open("{{ include "failure-predictor.apiDir" .root }}/token").read().strip()
+      request = urllib.request.Request("{{ include "failure-predictor.scheme" .root }}://127.0.0.1:{{ .root.Values.containerPort }}{{ .path }}", headers={"Authorization": "Bearer " + token})
+      context = ssl._create_unverified_context()  # loopback to itself: the certificate names the Service
+      sys.exit(0 if urllib.request.urlopen(request, timeout=4, context=context).status == 200 else 1)
 {{- end }}

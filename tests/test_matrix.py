@@ -1,0 +1,62 @@
+"""Decoding a range-query answer into numpy: a real Prometheus answer, intact and corrupted."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import requests
+from servers import PrometheusServer
+from workload import Workload
+
+from exporter.sources.matrix import decode_matrix, matrix_of
+
+
+@pytest.fixture(scope="module")
+def answer(prometheus: PrometheusServer, workload: Workload) -> bytes:
+    """A real matrix answer: every workload pod's working set over the last 20 s."""
+    prometheus.wait_for('count_over_time(up{job="workload"}[10s]) >= 4', timeout=20)
+    now = time.time()
+    response = requests.post(
+        f"{prometheus.url}/api/v1/query_range",
+        data={"query": "container_memory_working_set_bytes", "start": now - 20, "end": now, "step": 1},
+        headers={"Accept-Encoding": "identity"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return response.content
+
+
+def generic(body: bytes):
+    return matrix_of(json.loads(body)["data"]["result"])
+
+
+def test_fast_decoding_equals_json_decoding_of_a_real_answer(answer: bytes) -> None:
+    fast, slow = decode_matrix(answer), generic(answer)
+    assert fast is not None, "Prometheus' own layout takes the fast path"
+    assert len(fast.labels) >= 20 and fast.labels == slow.labels
+    np.testing.assert_array_equal(fast.offsets, slow.offsets)
+    np.testing.assert_array_equal(fast.timestamps, slow.timestamps)
+    np.testing.assert_array_equal(fast.values, slow.values)
+
+
+def test_one_unparsable_sample_drops_only_its_series(answer: bytes) -> None:
+    body = json.loads(answer)
+    victim = body["data"]["result"][3]
+    victim["values"][2][1] = "not-a-number"
+    corrupted = json.dumps(body, separators=(",", ":")).encode()
+
+    for decoded in (decode_matrix(corrupted), generic(corrupted)):
+        assert decoded is not None
+        assert decoded.unparsable == 1
+        assert victim["metric"] not in decoded.labels
+        assert len(decoded.labels) == len(body["data"]["result"]) - 1
+        assert np.isfinite(decoded.values).all()
+
+
+def test_other_layouts_take_the_generic_path(answer: bytes) -> None:
+    spaced = json.dumps(json.loads(answer), indent=1).encode()
+    assert decode_matrix(spaced) is None
+    assert generic(spaced).labels == generic(answer).labels

@@ -39,6 +39,7 @@ for path in (ROOT, ROOT / "benchmarks"):
 from incidents import replay  # noqa: E402
 
 from exporter import backtest as bt  # noqa: E402
+from exporter.config import BOOTSTRAP_MODEL  # noqa: E402
 from exporter.models.bundle import load_bundle  # noqa: E402
 from exporter.sources.files import FilesSource  # noqa: E402
 from exporter.sources.simulate import simulate_history  # noqa: E402
@@ -185,7 +186,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--model", type=Path, default=BOOTSTRAP_MODEL)
     parser.add_argument("--suites", default="simulation,backfill,nab")
     parser.add_argument("--budget", type=float, default=1.0, help="false alarms per target-day")
     args = parser.parse_args()

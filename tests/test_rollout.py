@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from backfill import SIGNAL_QUERIES, create_blocks, write_openmetrics
 from servers import TEST_SPEED, PrometheusServer, promtool_bin
 
-from exporter.config import Settings
+from exporter.config import BOOTSTRAP_MODEL, Settings
 from exporter.frame import Frame
 from exporter.models.bundle import load_bundle
 from exporter.service.daemon import Daemon
@@ -22,7 +21,7 @@ from exporter.snapshot import Snapshot
 from exporter.sources.prometheus import PrometheusSource
 from exporter.sources.simulate import simulate_history
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+MODEL = BOOTSTRAP_MODEL
 START, STEPS, ROLLOUT = 1_700_000_000.0, 200, 150  # the rollout replaces every pod at step 150
 OLD = ("cart-7d9f8b6c4-x2k4q", "cart-7d9f8b6c4-p9z8m", "search-5f6c7d8e9a-qq1ww")
 NEW = ("cart-84c5d6f7b9-a1b2c", "cart-84c5d6f7b9-d3e4f", "search-6a7b8c9d0e-zz9yy")

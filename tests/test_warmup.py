@@ -22,14 +22,14 @@ from backfill import SIGNAL_QUERIES, create_blocks, write_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from servers import TEST_SPEED, DaemonServer, PrometheusServer, promtool_bin
 
-from exporter.config import Settings
+from exporter.config import BOOTSTRAP_MODEL, Settings
 from exporter.models.bundle import load_bundle
 from exporter.service.daemon import Daemon
 from exporter.snapshot import Snapshot
 from exporter.sources.prometheus import PrometheusSource
 from exporter.sources.simulate import simulate_history
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+MODEL = BOOTSTRAP_MODEL
 PAST, FUTURE = 600, 900  # seconds of backfilled history before and after the test starts
 TARGETS = 5
 

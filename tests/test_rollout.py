@@ -30,7 +30,7 @@ SPIKE = 5.0  # the first sample of the first new cart pod: five times its CPU
 
 @pytest.fixture(scope="module")
 def rolled_out(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    simulated = simulate_history(targets=len(OLD), steps=STEPS, seed=3, incident_rate=0.0)
+    simulated = simulate_history(targets=len(OLD), steps=STEPS, seed=3, incident_rate=0.0, realistic=False)
     values = np.full((2 * len(OLD), STEPS, 4), np.nan)
     values[: len(OLD), :ROLLOUT] = simulated.frame.values[:, :ROLLOUT]
     values[len(OLD) :, ROLLOUT:] = simulated.frame.values[:, ROLLOUT:]

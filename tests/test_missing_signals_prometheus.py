@@ -45,6 +45,10 @@ def daemons(
     prometheus.add_target("workload", quiet_workload.address)
     variants = {"default": {}, "degraded": {"latency": EMPTY_LATENCY, "errors": BROKEN_ERRORS}}
     with prometheus:
+        # Start the daemons once every signal has data, so that a warning about a signal that
+        # returns nothing can only come from the query, not from Prometheus' first scrape.
+        prometheus.wait_for("rate(http_requests_total[10s])", timeout=60)
+        prometheus.wait_for("rate(container_cpu_usage_seconds_total[10s])", timeout=60)
         url = {"prometheus": {"url": prometheus.url, "timeout": "2s", "retries": 1, "backoff": "200ms"}}
         servers = {
             name: DaemonServer(tmp_path_factory.mktemp(name), {**url, **TEST_SPEED, "signals": signals})

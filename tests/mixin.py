@@ -370,6 +370,9 @@ class MonitoringStack:
     workload_daemon: DaemonServer
 
 
+BROKEN_SIGNAL = "latency"  # the workload daemon's query for it is broken on purpose (below)
+
+
 def workload_daemon_config(prometheus: PrometheusServer) -> dict[str, Any]:
     """``failure-predictor run`` on the fake workload at test speed, with a broken latency query."""
     return {
@@ -377,7 +380,7 @@ def workload_daemon_config(prometheus: PrometheusServer) -> dict[str, Any]:
         **TEST_SPEED,
         "model": {"path": str(MODEL)},
         # Unbalanced parenthesis: Prometheus answers 400 and the daemon counts reason="promql".
-        "signals": {"latency": "histogram_quantile(0.99, sum by ({by}, le) (rate(x[{rate_window}]))"},
+        "signals": {BROKEN_SIGNAL: "histogram_quantile(0.99, sum by ({by}, le) (rate(x[{rate_window}]))"},
     }
 
 

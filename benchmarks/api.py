@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT.parent.parent / "shared" / "bench" / "seed_api_reference.py"
+REFERENCE = ROOT.parent / "shared" / "bench" / "seed_api_reference.py"
 REFERENCE_BODY = json.dumps(
     {
         "cpu_usage": 85,

@@ -44,9 +44,22 @@ def demo_settings(bundle: ModelBundle, args: argparse.Namespace) -> Settings:
 def listen(address: str, port: int) -> socket.socket:
     """The demo's listening socket, bound before anything prints, so a busy port fails first.
 
-    Handing this socket to uvicorn leaves no window for another process to take the port."""
+    Handing this socket to uvicorn leaves no window for another process to take the port. It is
+    made with ``IPPROTO_TCP`` named, because asyncio sets TCP_NODELAY only on sockets that say so
+    (``socket.create_server`` leaves proto 0): without it, every answer on a keep-alive connection
+    after the first waited ~40 ms for the client's delayed ACK (Nagle's algorithm)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    return socket.create_server((address, port), family=family)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def print_table(snapshot: Snapshot, cluster: SimulatedCluster, out: TextIO, url: str, rows: int = 10) -> None:

@@ -34,7 +34,6 @@ for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:  # run as a script: make the package and the test servers importable
         sys.path.insert(0, str(path))
 
-from prometheus_client import generate_latest  # noqa: E402
 
 from exporter.config import BOOTSTRAP_MODEL, Settings  # noqa: E402
 from exporter.features import frame_features  # noqa: E402
@@ -137,7 +136,7 @@ def timed_cycle(daemon: Daemon) -> dict[str, float]:
     started = time.perf_counter()
     daemon.run_cycle()
     cycled = time.perf_counter()
-    generate_latest(daemon.registry)
+    daemon.exposition.render()[0]
     rendered = time.perf_counter()
     after = stage_sums(daemon)
     times = {stage: after[stage] - before[stage] for stage in STAGES}
@@ -215,7 +214,7 @@ def measure_simulated(targets: int, repeats: int, bundle_path: Path) -> dict[str
         scored = time.perf_counter()
         daemon.run_cycle()
         cycled = time.perf_counter()
-        generate_latest(daemon.registry)
+        daemon.exposition.render()[0]
         rendered = time.perf_counter()
         for name, value in zip(
             timings,

@@ -1,5 +1,5 @@
 """Publishing: the Daemon's cycle over a fake Source, the Snapshot it builds, and the
-exposition the custom collector renders from it (stale and vanished targets included)."""
+/metrics page rendered from it (stale and vanished targets included)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 from helpers import Tiny
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Settings, load_settings
 from exporter.frame import Frame
-from exporter.service.collector import SnapshotCollector
 from exporter.service.daemon import Daemon
+from exporter.service.exposition import Exposition
 from exporter.service.state import State
-from exporter.snapshot import ModelInfo, Snapshot, contribution_shares, risk_levels
+from exporter.snapshot import Bands, ModelInfo, Snapshot, contribution_shares, risk_levels
 from exporter.sources import Fetch, QueryError
 
 SIGNALS = ("cpu", "memory", "latency", "errors")
@@ -82,8 +82,8 @@ def make_daemon(tiny: Tiny, settings: Settings, fetch: Fetch) -> tuple[Daemon, F
     return Daemon(settings, source, tiny.bundle, clock=clock), source, clock
 
 
-def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset], float]:
-    text = generate_latest(registry).decode()
+def samples(exposition: Exposition) -> dict[tuple[str, frozenset], float]:
+    text = exposition.render()[0].decode()
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)
@@ -91,8 +91,8 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset], float]:
     }
 
 
-def series(registry: CollectorRegistry, name: str) -> dict[frozenset, float]:
-    return {labels: value for (metric, labels), value in samples(registry).items() if metric == name}
+def series(exposition: Exposition, name: str) -> dict[frozenset, float]:
+    return {labels: value for (metric, labels), value in samples(exposition).items() if metric == name}
 
 
 def labelled(target: Mapping[str, str], **extra: str) -> frozenset:
@@ -136,11 +136,10 @@ def test_top_signals_are_the_largest_positive_shares():
 
 
 def test_exported_risk_level_follows_the_thresholds():
-    registry, clock = CollectorRegistry(), Clock()
     state = State(snapshot=hand_snapshot([0.8, 0.7999, 0.6, 0.4, 0.2, 0.1999]))
-    registry.register(SnapshotCollector(state, ("namespace", "pod"), stale_after=300, clock=clock))
+    exposition = Exposition(CollectorRegistry(), state, ("namespace", "pod"), stale_after=300, clock=Clock())
 
-    risk = series(registry, "failure_risk_level")
+    risk = series(exposition, "failure_risk_level")
 
     assert {dict(labels)["pod"]: value for labels, value in risk.items()} == {
         "p0": 4,
@@ -157,7 +156,7 @@ def test_cycle_exports_every_target(tiny, settings):
 
     daemon.cycle()
 
-    exported = samples(daemon.registry)
+    exported = samples(daemon.exposition)
     for target in (P1, P2, Q1):
         assert ("failure_probability", labelled(target, horizon="30m")) in exported
         assert ("failure_risk_level", labelled(target)) in exported
@@ -169,8 +168,7 @@ def test_cycle_exports_every_target(tiny, settings):
     info = labelled({}, version=manifest.version, trained_at=manifest.trained_at, kind="trained")
     assert exported[("failure_predictor_model_info", info)] == 1
     assert (
-        'failure_probability{horizon="30m",namespace="a",pod="p1"}'
-        in generate_latest(daemon.registry).decode()
+        'failure_probability{horizon="30m",namespace="a",pod="p1"}' in daemon.exposition.render()[0].decode()
     )
 
 
@@ -180,8 +178,8 @@ def test_exported_values_are_the_snapshot(tiny, settings):
     daemon.cycle()
 
     snapshot = daemon.state.snapshot
-    probability = series(daemon.registry, "failure_probability")
-    anomaly = series(daemon.registry, "anomaly_score")
+    probability = series(daemon.exposition, "failure_probability")
+    anomaly = series(daemon.exposition, "anomaly_score")
     for row, target in enumerate((P1, P2, Q1)):
         assert probability[labelled(target, horizon="30m")] == pytest.approx(float(snapshot.probability[row]))
         assert anomaly[labelled(target)] == pytest.approx(float(snapshot.anomaly[row]))
@@ -208,7 +206,7 @@ def test_anomaly_score_measures_each_target_against_its_own_history(tiny, settin
         anomaly = daemon.state.snapshot.anomaly
         assert ((anomaly >= 0) & (anomaly <= 1)).all()
     assert anomaly[0] > 0.8 > anomaly[1]
-    exported = series(daemon.registry, "anomaly_score")
+    exported = series(daemon.exposition, "anomaly_score")
     assert exported[labelled(P1)] == pytest.approx(float(anomaly[0]))
 
 
@@ -221,7 +219,7 @@ def test_series_left_out_of_every_signal_do_not_fail_the_cycle(tiny, settings):
 
     daemon.cycle()
 
-    exported = samples(daemon.registry)
+    exported = samples(daemon.exposition)
     assert exported[("failure_predictor_targets", frozenset())] == 2
     assert (
         exported[
@@ -255,7 +253,7 @@ def test_contribution_shares_of_each_target_sum_to_one_or_zero(tiny, settings):
     at_risk = snapshot.probability >= 0.2
     assert all(total == pytest.approx(1.0) or total == 0.0 for total in totals[at_risk]), totals
     assert (totals > 0).any()
-    exported = series(daemon.registry, "failure_probability_contribution")
+    exported = series(daemon.exposition, "failure_probability_contribution")
     for target, total in zip(np.array(targets)[at_risk], totals[at_risk], strict=True):
         mine = [v for labels, v in exported.items() if labels >= labelled(target)]
         assert len(mine) == len(SIGNALS)
@@ -279,7 +277,7 @@ def test_contribution_is_exported_only_for_targets_at_the_explain_risk_or_above(
     probability = daemon.state.snapshot.probability
     floor_probability = {"minimal": 0.0, "low": 0.2, "medium": 0.4}[floor]
     expected = {t["pod"] for t, p in zip(targets, probability, strict=True) if p >= floor_probability}
-    exported = series(daemon.registry, "failure_probability_contribution")
+    exported = series(daemon.exposition, "failure_probability_contribution")
     assert {dict(labels)["pod"] for labels in exported} == expected
     assert len(exported) == len(expected) * len(SIGNALS)
     if floor == "low":
@@ -293,10 +291,10 @@ def test_vanished_target_is_no_longer_exported(tiny, settings):
     source.next = fetch_of(tiny, P1, Q1)
     daemon.cycle()
 
-    text = generate_latest(daemon.registry).decode()
+    text = daemon.exposition.render()[0].decode()
     assert 'pod="p2"' not in text
     assert 'pod="p1"' in text and 'pod="q1"' in text
-    assert samples(daemon.registry)[("failure_predictor_targets", frozenset())] == 2
+    assert samples(daemon.exposition)[("failure_predictor_targets", frozenset())] == 2
 
 
 def test_every_target_gone_publishes_an_empty_snapshot(tiny, settings):
@@ -307,11 +305,13 @@ def test_every_target_gone_publishes_an_empty_snapshot(tiny, settings):
     daemon.cycle()
 
     assert daemon.state.last_error is None
-    assert series(daemon.registry, "failure_probability") == {}
-    assert samples(daemon.registry)[("failure_predictor_cycles_total", labelled({}, outcome="success"))] == 2
+    assert series(daemon.exposition, "failure_probability") == {}
+    assert (
+        samples(daemon.exposition)[("failure_predictor_cycles_total", labelled({}, outcome="success"))] == 2
+    )
     ready, reason = daemon.readiness()
     assert ready and reason.startswith("ready, 0 targets")
-    assert samples(daemon.registry)[("failure_predictor_targets", frozenset())] == 0
+    assert samples(daemon.exposition)[("failure_predictor_targets", frozenset())] == 0
 
 
 def test_failed_cycle_keeps_the_previous_snapshot_until_it_is_stale(tiny, settings):
@@ -322,23 +322,23 @@ def test_failed_cycle_keeps_the_previous_snapshot_until_it_is_stale(tiny, settin
     clock.now = START + 60
     daemon.cycle()
 
-    exported = samples(daemon.registry)
+    exported = samples(daemon.exposition)
     assert exported[("failure_predictor_cycles_total", labelled({}, outcome="failure"))] == 1
     assert exported[("failure_predictor_cycles_total", labelled({}, outcome="success"))] == 1
     assert (
         exported[("failure_predictor_query_errors_total", labelled({}, signal="memory", reason="timeout"))]
         == 1
     )
-    assert len(series(daemon.registry, "failure_probability")) == 2  # still the last good scores
+    assert len(series(daemon.exposition, "failure_probability")) == 2  # still the last good scores
     assert daemon.readiness() == (True, "ok")
 
     clock.now = START + settings.stale_after  # exactly stale_after old: still served
-    assert len(series(daemon.registry, "failure_probability")) == 2
+    assert len(series(daemon.exposition, "failure_probability")) == 2
 
     clock.now = START + settings.stale_after + 1
     daemon.cycle()
 
-    exported = samples(daemon.registry)
+    exported = samples(daemon.exposition)
     assert exported[("failure_predictor_cycles_total", labelled({}, outcome="failure"))] == 2
     for name in (
         "failure_probability",
@@ -346,7 +346,7 @@ def test_failed_cycle_keeps_the_previous_snapshot_until_it_is_stale(tiny, settin
         "anomaly_score",
         "failure_probability_contribution",
     ):
-        assert series(daemon.registry, name) == {}, name
+        assert series(daemon.exposition, name) == {}, name
     assert exported[("failure_predictor_last_success_timestamp_seconds", frozenset())] == START
     assert exported[("failure_predictor_model_loaded", frozenset())] == 1
     ready, reason = daemon.readiness()
@@ -361,7 +361,9 @@ def test_source_that_raises_fails_the_cycle_without_crashing(tiny, settings):
 
     daemon.cycle()
 
-    assert samples(daemon.registry)[("failure_predictor_cycles_total", labelled({}, outcome="failure"))] == 1
+    assert (
+        samples(daemon.exposition)[("failure_predictor_cycles_total", labelled({}, outcome="failure"))] == 1
+    )
     ready, reason = daemon.readiness()
     assert not ready
     assert reason == "no successful cycle yet: connection refused"
@@ -371,7 +373,7 @@ def test_not_ready_before_the_first_cycle(tiny, settings):
     daemon, _, _ = make_daemon(tiny, settings, fetch_of(tiny, P1))
 
     assert daemon.readiness() == (False, "no successful cycle yet")
-    assert series(daemon.registry, "failure_probability") == {}
+    assert series(daemon.exposition, "failure_probability") == {}
 
 
 def test_query_errors_are_counted_per_signal_while_the_cycle_succeeds(tiny, settings):
@@ -384,15 +386,15 @@ def test_query_errors_are_counted_per_signal_while_the_cycle_succeeds(tiny, sett
     daemon.cycle()
     daemon.cycle()
 
-    exported = samples(daemon.registry)
-    counted = series(daemon.registry, "failure_predictor_query_errors_total")
+    exported = samples(daemon.exposition)
+    counted = series(daemon.exposition, "failure_predictor_query_errors_total")
     assert counted == {
         labelled({}, signal="latency", reason="timeout"): 2,
         labelled({}, signal="errors", reason="promql"): 2,
     }
     assert exported[("failure_predictor_cycles_total", labelled({}, outcome="success"))] == 2
     assert exported[("failure_predictor_cycles_total", labelled({}, outcome="failure"))] == 0
-    assert len(series(daemon.registry, "failure_probability")) == 2
+    assert len(series(daemon.exposition, "failure_probability")) == 2
     assert daemon.readiness() == (True, "ok")
 
 
@@ -407,10 +409,86 @@ def test_exposition_passes_promtool(tiny, settings):
 
     checked = subprocess.run(
         [promtool, "check", "metrics"],
-        input=generate_latest(daemon.registry),
+        input=daemon.exposition.render()[0],
         capture_output=True,
         timeout=30,
         check=False,
     )
 
     assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b"")
+
+
+def reference_page(snapshot: Snapshot, labels: tuple[str, ...], openmetrics: bool) -> bytes:
+    """What prometheus_client itself writes for the per-target families of ``snapshot``."""
+    from prometheus_client import generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+
+    from exporter.service import exposition as page
+
+    def family(name: str, help_text: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, help_text, labels=[*labels, *extra])
+
+    probability = family("failure_probability", page.PROBABILITY_HELP, ("horizon",))
+    risk = family("failure_risk_level", page.RISK_HELP)
+    anomaly = family("anomaly_score", page.ANOMALY_HELP)
+    contribution = family("failure_probability_contribution", page.CONTRIBUTION_HELP, ("signal",))
+    expected = family("signal_expected", page.EXPECTED_HELP, ("signal", "bound"))
+    limit = family("signal_time_to_limit_seconds", page.LIMIT_HELP, ("signal",))
+    bands = snapshot.bands
+    for row, target in enumerate(snapshot.targets):
+        values = [target[name] for name in labels]
+        probability.add_metric([*values, snapshot.horizon], snapshot.probability[row])
+        risk.add_metric(values, int(snapshot.risk[row]))
+        anomaly.add_metric(values, snapshot.anomaly[row])
+        if not np.isnan(snapshot.contribution[row]).any():
+            for column, signal in enumerate(snapshot.signals):
+                contribution.add_metric([*values, signal], snapshot.contribution[row, column])
+        for column, signal in enumerate(bands.signals):
+            for bound, value in zip(("lower", "mean", "upper"), bands.expected[row, column], strict=True):
+                if not np.isnan(value):
+                    expected.add_metric([*values, signal, bound], value)
+            if not np.isnan(bands.time_to_limit[row, column]):
+                limit.add_metric([*values, signal], bands.time_to_limit[row, column])
+
+    class Families:
+        def collect(self):
+            return [probability, risk, anomaly, contribution, expected, limit]
+
+    registry = CollectorRegistry()
+    registry.register(Families())
+    return (openmetrics_latest if openmetrics else generate_latest)(registry)
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text-0.0.4", "openmetrics"])
+def test_the_page_is_what_prometheus_client_writes_for_the_same_families(openmetrics):
+    rng = np.random.default_rng(0)
+    targets = (
+        {"pod": 'we"ird\\pod\nname', "namespace": "n"},
+        {"pod": "p1", "namespace": "n"},
+        {"pod": "p2", "namespace": ""},
+    )
+    contribution = rng.random((3, 4))
+    contribution[1] = np.nan  # not explained
+    expected = rng.random((3, 4, 3)) * 1e7  # large values take Go's exponent form
+    expected[0, 2] = np.nan
+    limit = np.array([[123456789.5, np.nan, np.nan, np.nan], [np.nan] * 4, [60.0, 1e-9, np.nan, np.nan]])
+    snapshot = Snapshot(
+        created_at=START,
+        data_time=START,
+        horizon="30m",
+        model=ModelInfo("v1", "2024-01-01T00:00:00+00:00", "trained"),
+        signals=SIGNALS,
+        targets=targets,
+        probability=np.array([0.93, 1e-5, 0.0]),
+        anomaly=np.array([0.5, 0.0, 0.99]),
+        contribution=contribution,
+        bands=Bands(signals=SIGNALS, expected=expected, time_to_limit=limit, history=np.full(3, 60)),
+    )
+    accept = "application/openmetrics-text; version=1.0.0" if openmetrics else ""
+    exposition = Exposition(CollectorRegistry(), State(snapshot=snapshot), ("namespace", "pod"), 300, Clock())
+
+    page, content_type = exposition.render(accept)
+
+    assert page == reference_page(snapshot, ("namespace", "pod"), openmetrics)
+    assert ("openmetrics" in content_type) == openmetrics

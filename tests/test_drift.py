@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import Tiny
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_settings
@@ -57,7 +56,7 @@ def test_daemon_exports_drift_per_signal(tiny: Tiny) -> None:
     source = SimulateSource(SimulatedCluster(targets=8, seed=4), window=60)
     daemon = Daemon(load_settings(None, environ={}), source, tiny.bundle)
     daemon.cycle()
-    text = generate_latest(daemon.registry).decode()
+    text = daemon.exposition.render()[0].decode()
     drift = {
         sample.labels["signal"]: sample.value
         for family in text_string_to_metric_families(text)

@@ -34,7 +34,6 @@ import xgboost as xgb
 import yaml
 from apiserver import app_server, serving
 from certs import Authority
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from servers import (
     TEST_SPEED,
@@ -113,7 +112,7 @@ def in_process(settings: Settings, bundle: ModelBundle) -> Daemon:
 
 
 def metric(daemon: Daemon, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(generate_latest(daemon.registry).decode()):
+    for family in text_string_to_metric_families(daemon.exposition.render()[0].decode()):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from helpers import plant_pickle, resign_manifest, train_tiny_bundle
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_settings
@@ -31,7 +30,7 @@ def versioned(bundle: ModelBundle, version: str) -> ModelBundle:
 
 
 def sample(daemon: Daemon, name: str) -> list[tuple[dict, float]]:
-    text = generate_latest(daemon.registry).decode()
+    text = daemon.exposition.render()[0].decode()
     return [
         (s.labels, s.value)
         for family in text_string_to_metric_families(text)

@@ -7,8 +7,9 @@ Two reasons not to keep scikit-learn's estimator at serving time:
   ``load`` reads them with ``allow_pickle=False`` and checks every index before use.
 - **Cost is O(rows) with a small constant.** ``decision_function`` validates input and walks
   each tree in a separate call (100 calls of fixed cost per forest); here every tree is laid out
-  as a complete binary tree of the forest's depth, so one numpy pass per level moves all
-  rows x trees one node down, in row chunks that stay in cache.
+  as a complete binary tree of the forest's depth, so a walk is one compare and one shift per
+  level with no branch to mispredict, in one compiled loop over rows x trees
+  (``kernels.heap_path_sums``).
 
 Scores are exactly scikit-learn's: a row's path length in a tree is the depth of the leaf it
 reaches plus ``c(n)``, the average path length of an unbuilt tree over the leaf's ``n``
@@ -26,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from exporter.models.kernels import heap_path_sums
+
 MAX_DEPTH = 16  # sklearn grows depth ceil(log2(max_samples)); 16 serves max_samples up to 65,536
-CHUNK_ROWS = 1024  # rows per pass: the [rows, trees] buffers stay in cache
 FIELDS = ("feature", "threshold", "left", "right", "samples")
 LEAF = -1
 
@@ -205,38 +207,8 @@ class _Layout:
     n_features: int
 
     def path_sums(self, X: np.ndarray) -> np.ndarray:
-        """Sum over trees of the path length of each row of float32 ``X``.
-
-        Heap positions are 1-based here (children 2i and 2i+1), so a level is a shift and an add;
-        the buffers are reused across levels and chunks: no allocation per level.
-        """
-        trees = len(self.path) >> self.depth
-        width = (1 << self.depth) - 1
-        tree_base = np.arange(trees, dtype=np.intp) * width - 1
-        leaf_base = (np.arange(trees, dtype=np.intp) << self.depth) - (1 << self.depth)
-        out = np.empty(len(X))
-        flat = X.ravel()
-        shape = (min(CHUNK_ROWS, len(X)), trees)
-        node, at, column = (np.empty(shape, np.intp) for _ in range(3))
-        value, threshold = np.empty(shape, np.float32), np.empty(shape, np.float32)
-        right = np.empty(shape, bool)
-        for start in range(0, len(X), CHUNK_ROWS):
-            rows = min(CHUNK_ROWS, len(X) - start)
-            n, a, c, v, t, r = (b[:rows] for b in (node, at, column, value, threshold, right))
-            row_base = (np.arange(start, start + rows, dtype=np.intp) * self.n_features)[:, None]
-            n.fill(1)
-            for _ in range(self.depth):
-                np.add(n, tree_base, out=a)
-                self.feature.take(a, out=c)
-                c += row_base
-                flat.take(c, out=v)
-                self.threshold.take(a, out=t)
-                np.greater(v, t, out=r)
-                n <<= 1
-                n += r
-            n += leaf_base
-            out[start : start + rows] = self.path.take(n).sum(axis=1)
-        return out
+        """Sum over trees of the path length of each row of float32 ``X``."""
+        return heap_path_sums(X, self.feature, self.threshold, self.path, self.depth)
 
 
 def _complete_layout(forest: ArrayForest) -> _Layout:
@@ -265,7 +237,7 @@ def _complete_layout(forest: ArrayForest) -> _Layout:
     return _Layout(
         depth=depth,
         feature=(np.concatenate(features, axis=1) if depth else np.zeros((trees, 0), np.int64))
-        .astype(np.intp)
+        .astype(np.int32)
         .ravel(),
         threshold=_float32_floor(threshold).ravel(),
         path=path.ravel(),

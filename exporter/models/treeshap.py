@@ -1,4 +1,4 @@
-"""Exact TreeSHAP for small boosted trees, as table lookups over rows x leaves in numpy.
+"""Exact TreeSHAP for small boosted trees, as table lookups over rows x leaves (compiled loops).
 
 XGBoost's own ``pred_contribs`` walks every path per row in C++ and costs ~0.75 ms per row
 here, plus ~1 ms of fixed cost per call (DMatrix, threads): a single API answer could not be
@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import xgboost as xgb
 
+from exporter.models.kernels import heap_leaf_sums, leaf_conditions, leaf_contributions
+
 MAX_PATH_FEATURES = 6  # tables grow as 2**m per leaf; the shipped trees need 4
-CHUNK_ROWS = 256
 
 
 class TreeShapError(ValueError):
@@ -51,11 +52,9 @@ class TreeShap:
     missing: np.ndarray  # [leaves, width] bool: a missing value meets the condition
     value: np.ndarray  # [leaves] leaf values
     table: np.ndarray  # [leaves * 2**width, width]
-    order: np.ndarray  # columns of [leaves * width] sorted by feature, for the per-feature sums
-    starts: np.ndarray  # first sorted column of each feature present
-    present: np.ndarray  # the features those sums belong to
     base: float  # the booster's base margin
     bias: float  # expected margin: cover-weighted mean leaf value plus the base
+    heap: HeapTrees  # the same trees for the margin: a walk per tree instead of every leaf's test
 
     @classmethod
     def from_booster(cls, booster: xgb.Booster) -> TreeShap:
@@ -66,7 +65,8 @@ class TreeShap:
         if model["objective"]["name"] == "binary:logistic":
             base = math.log(base / (1.0 - base))
         n_features = int(model["learner_model_param"]["num_feature"])
-        leaves = [leaf for tree in model["gradient_booster"]["model"]["trees"] for leaf in _leaf_paths(tree)]
+        trees = model["gradient_booster"]["model"]["trees"]
+        leaves = [leaf for tree in trees for leaf in _leaf_paths(tree)]
         width = max(1, max(len(path) for _, _, path in leaves))
         if width > MAX_PATH_FEATURES:
             raise TreeShapError(f"paths use up to {width} distinct features; at most {MAX_PATH_FEATURES}")
@@ -87,9 +87,6 @@ class TreeShap:
             group = sizes == m
             table[group] = _leaf_tables(value[group], zeros[group, :m], width)
         expected = float(value @ np.array([cover for _, cover, _ in leaves]))
-        flat = feature.ravel()
-        order = np.argsort(flat, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(flat[order]) != 0])
         return cls(
             n_features=n_features,
             width=width,
@@ -99,49 +96,89 @@ class TreeShap:
             missing=missing,
             value=value,
             table=table.reshape(count << width, width),
-            order=order,
-            starts=starts,
-            present=flat[order][starts],
             base=base,
             bias=expected + base,
+            heap=HeapTrees.of(trees),
         )
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """SHAP values ``[rows, features + 1]`` on the margin, the last column the bias."""
-        self._check_width(X)
-        out = np.zeros((len(X), self.n_features + 1))
-        out[:, -1] = self.bias
-        for start in range(0, len(X), CHUNK_ROWS):
-            part = slice(start, start + CHUNK_ROWS)
-            met = self._met(X[part])
-            parts = self.table[(np.arange(len(self.value)) << self.width) + met]  # [rows, leaves, width]
-            flat = parts.reshape(len(met), -1)[:, self.order]
-            out[part, self.present] = np.add.reduceat(flat, self.starts, axis=1)
+        met = self._met(X)
+        out = leaf_contributions(met, self.feature, self.table, self.width, self.n_features, self.bias)
         # Rounded to float32 as XGBoost's own are: sums of them in float64 (margins, per-signal
         # shares) then come out the same whatever the batch a row was scored in.
         return out.astype(np.float32).astype(np.float64)
 
     def margin(self, X: np.ndarray) -> np.ndarray:
         """XGBoost's raw margin: the values of the leaves each row reaches, plus the base."""
-        self._check_width(X)
-        full = (1 << self.width) - 1
-        out = np.full(len(X), self.base)
-        for start in range(0, len(X), CHUNK_ROWS):
-            part = slice(start, start + CHUNK_ROWS)
-            out[part] += (self._met(X[part]) == full) @ self.value
-        return out
-
-    def _check_width(self, X: np.ndarray) -> None:
-        if np.ndim(X) != 2 or np.shape(X)[1] != self.n_features:
-            raise TreeShapError(f"the trees take rows of {self.n_features} features, got shape {np.shape(X)}")
+        heap = self.heap
+        return self.base + heap_leaf_sums(
+            self._float32(X), heap.feature, heap.threshold, heap.default_left, heap.value, heap.depth
+        )
 
     def _met(self, X: np.ndarray) -> np.ndarray:
         """[rows, leaves] bit set of the path conditions each row meets."""
-        with np.errstate(invalid="ignore", over="ignore"):
-            x = np.asarray(X, dtype=np.float32)[:, self.feature]  # [rows, leaves, width]
-            x[np.isinf(x)] = np.nan  # XGBoost refuses infinities; here they are missing values
-            met = ((x >= self.low) & (x < self.high)) | (np.isnan(x) & self.missing)
-        return met @ (1 << np.arange(self.width))
+        return leaf_conditions(self._float32(X), self.feature, self.low, self.high, self.missing)
+
+    def _float32(self, X: np.ndarray) -> np.ndarray:
+        """Rows as the trees compare them: float32 (XGBoost refuses infinities; here they are
+        missing values like NaN)."""
+        if np.ndim(X) != 2 or np.shape(X)[1] != self.n_features:
+            raise TreeShapError(f"the trees take rows of {self.n_features} features, got shape {np.shape(X)}")
+        with np.errstate(over="ignore"):
+            return np.ascontiguousarray(X, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class HeapTrees:
+    """Every tree padded to a complete binary tree of ``depth`` levels in heap order (1-based:
+    node i has children 2i and 2i + 1), so a walk is one compare and one shift per level.
+    A leaf above the last level sends every row left (threshold +inf, missing left) down to
+    copies of its value."""
+
+    depth: int
+    feature: np.ndarray  # [trees * (2**depth - 1)] int32; tree t's heap node i at t * width + i - 1
+    threshold: np.ndarray  # float32: x < threshold goes left
+    default_left: np.ndarray  # bool: where a missing value goes
+    value: np.ndarray  # [trees * 2**depth] the leaf value each last-level position copies
+
+    @classmethod
+    def of(cls, trees: list[dict]) -> HeapTrees:
+        depth = max(_tree_depth(tree) for tree in trees)
+        width = (1 << depth) - 1
+        feature = np.zeros((len(trees), width), np.int32)
+        threshold = np.full((len(trees), width), np.inf, np.float32)
+        default_left = np.ones((len(trees), width), bool)
+        value = np.zeros((len(trees), 1 << depth))
+        for t, tree in enumerate(trees):
+            left, right = tree["left_children"], tree["right_children"]
+            stack = [(0, 1)]  # (xgboost node, heap position)
+            while stack:
+                node, at = stack.pop()
+                if left[node] == -1:
+                    level = at.bit_length() - 1  # copies of the leaf fill its subtree's last level
+                    first = (at << (depth - level)) - (1 << depth)
+                    value[t, first : first + (1 << (depth - level))] = tree["split_conditions"][node]
+                    continue
+                feature[t, at - 1] = tree["split_indices"][node]
+                threshold[t, at - 1] = np.float32(tree["split_conditions"][node])
+                default_left[t, at - 1] = bool(tree["default_left"][node])
+                stack += [(left[node], 2 * at), (right[node], 2 * at + 1)]
+        return cls(depth, feature.ravel(), threshold.ravel(), default_left.ravel(), value.ravel())
+
+
+def _tree_depth(tree: dict) -> int:
+    left, right = tree["left_children"], tree["right_children"]
+    deepest, stack = 0, [(0, 0)]
+    while stack:
+        node, level = stack.pop()
+        if left[node] == -1:
+            deepest = max(deepest, level)
+        else:
+            stack += [(left[node], level + 1), (right[node], level + 1)]
+    if deepest > MAX_PATH_FEATURES * 2:
+        raise TreeShapError(f"trees {deepest} levels deep are not supported")
+    return deepest
 
 
 def _leaf_paths(tree: dict) -> list[tuple[float, float, dict[int, tuple[float, float, bool, float]]]]:

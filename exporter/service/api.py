@@ -33,7 +33,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import choose_encoder
 from pydantic import BeforeValidator
 
 from exporter import __version__
@@ -273,8 +272,8 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False, dependencies=operations)
     def exposition(request: Request) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(daemon.registry), media_type=content_type)
+        page, content_type = daemon.exposition.render(request.headers.get("accept", ""))
+        return Response(page, media_type=content_type)
 
     @app.get("/healthz", dependencies=operations, responses=refusals if api.protect_metrics else {})
     def healthz() -> dict[str, str]:

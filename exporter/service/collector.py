@@ -1,30 +1,26 @@
-"""Expose the current Snapshot and the daemon's health as Prometheus metrics.
+"""The daemon's health as Prometheus metrics, on the registry ``/metrics`` starts with.
 
-A custom Collector builds every per-target family afresh from the current
-Snapshot at scrape time, so a target that vanished is simply not yielded (a
-long-lived ``Gauge.labels(...)`` per target would leak stale series forever).
-Self-monitoring metrics with bounded labels live in ordinary prometheus_client
-metrics on the same registry.
+Self-monitoring metrics with bounded labels live in ordinary prometheus_client metrics; the
+model's and the last Snapshot's health come from a custom Collector at scrape time. The
+per-target families are not here: exposition.py renders them from each Snapshot, so a target
+that vanished is simply not written (a long-lived ``Gauge.labels(...)`` per target would leak
+stale series forever).
 """
 
 from __future__ import annotations
 
 import platform
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import metadata
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.service.state import State
-from exporter.snapshot import Snapshot
 
 STAGES = ("query", "features", "score", "publish")
-BOUNDS = ("lower", "mean", "upper")
 # The libraries a bundle's behaviour depends on (label prefix: distributions that provide it),
 # reported next to the package version.
 BUILD_LIBRARIES = {
@@ -121,28 +117,14 @@ class SelfMetrics:
 
 
 class SnapshotCollector(Collector):
-    """Yields per-target gauges from ``state.snapshot`` unless it is older than ``stale_after``."""
+    """Yields the serving model's and the last Snapshot's health gauges at scrape time (the
+    per-target families are rendered once per Snapshot by exposition.py)."""
 
-    def __init__(
-        self,
-        state: State,
-        target_labels: tuple[str, ...],
-        stale_after: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, state: State) -> None:
         self._state = state
-        self._labels = target_labels
-        self._stale_after = stale_after
-        self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
         state = self._state
-        yield from self._health(state)
-        snapshot = state.snapshot
-        if snapshot is not None and self._clock() - snapshot.created_at <= self._stale_after:
-            yield from self._targets(snapshot)
-
-    def _health(self, state: State) -> Iterator[Metric]:
         bundle = state.bundle
         info = GaugeMetricFamily(
             "failure_predictor_model_info",
@@ -179,68 +161,3 @@ class SnapshotCollector(Collector):
             "Targets scored in the last successful cycle.",
             value=0 if snapshot is None else len(snapshot.targets),
         )
-
-    def _targets(self, snapshot: Snapshot) -> Iterator[Metric]:
-        labels = list(self._labels)
-        probability = GaugeMetricFamily(
-            "failure_probability",
-            "Calibrated probability that the target fails within the horizon.",
-            labels=[*labels, "horizon"],
-        )
-        risk = GaugeMetricFamily(
-            "failure_risk_level", "Risk level: 0 minimal, 1 low, 2 medium, 3 high, 4 critical.", labels=labels
-        )
-        anomaly = GaugeMetricFamily(
-            "anomaly_score",
-            "Onset of anomalous behaviour in [0, 1), against the target's own history; 0 while nothing new happens.",
-            labels=labels,
-        )
-        contribution = GaugeMetricFamily(
-            "failure_probability_contribution",
-            "Share of the failure score attributed to each signal (SHAP, positive part, sums to 1); "
-            "only targets at explain_min_risk (default low) or above.",
-            labels=[*labels, "signal"],
-        )
-        levels = snapshot.risk
-        # Only targets at explain_min_risk or above are explained (SHAP is the costly part).
-        explained = ~np.isnan(snapshot.contribution).any(axis=1)
-        for row, target in enumerate(snapshot.targets):
-            values = [target.get(name, "") for name in labels]
-            probability.add_metric([*values, snapshot.horizon], float(snapshot.probability[row]))
-            risk.add_metric(values, int(levels[row]))
-            anomaly.add_metric(values, float(snapshot.anomaly[row]))
-            if explained[row]:
-                for column, signal in enumerate(snapshot.signals):
-                    contribution.add_metric([*values, signal], float(snapshot.contribution[row, column]))
-        yield from (probability, risk, anomaly, contribution)
-        if snapshot.bands is not None:
-            yield from _bands(snapshot, labels)
-
-
-def _bands(snapshot: Snapshot, labels: list[str]) -> Iterator[Metric]:
-    """signal_expected and signal_time_to_limit_seconds; a NaN (no band yet, not approaching the
-    limit) is simply absent."""
-    bands = snapshot.bands
-    expected = GaugeMetricFamily(
-        "signal_expected",
-        "The band anomaly_score expected the newest sample in (lower, mean, upper; 3 deviations, wider on short history).",
-        labels=[*labels, "signal", "bound"],
-    )
-    limit = GaugeMetricFamily(
-        "signal_time_to_limit_seconds",
-        "Seconds until the signal's ratio of its limit reaches 1.0 at the current trend (absent when not approaching).",
-        labels=[*labels, "signal"],
-    )
-    for row, target in enumerate(snapshot.targets):
-        values = [target.get(name, "") for name in labels]
-        for column, signal in enumerate(bands.signals):
-            if bands.expected is not None:
-                for bound, value in zip(BOUNDS, bands.expected[row, column].tolist(), strict=True):
-                    if value == value:
-                        expected.add_metric([*values, signal, bound], value)
-            seconds = float(bands.time_to_limit[row, column])
-            if seconds == seconds:
-                limit.add_metric([*values, signal], seconds)
-    if bands.expected is not None:
-        yield expected
-    yield limit

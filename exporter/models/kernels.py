@@ -70,29 +70,6 @@ def heap_path_sums(
 
 
 @_compiled
-def leaf_conditions(
-    X: np.ndarray, feature: np.ndarray, low: np.ndarray, high: np.ndarray, missing: np.ndarray
-) -> np.ndarray:
-    """[rows, leaves] bit set of the path conditions each row meets: bit k when the leaf's k-th
-    path feature lies in [low, high), or is missing (NaN or infinite) and ``missing`` says the
-    default direction follows the path. ``X`` is float32, as the trees compare."""
-    rows, leaves, width = X.shape[0], feature.shape[0], feature.shape[1]
-    out = np.zeros((rows, leaves), np.int64)
-    for i in range(rows):
-        for leaf in range(leaves):
-            met = 0
-            for k in range(width):
-                x = X[i, feature[leaf, k]]
-                if np.isfinite(x):
-                    if low[leaf, k] <= x < high[leaf, k]:
-                        met |= 1 << k
-                elif missing[leaf, k]:
-                    met |= 1 << k
-            out[i, leaf] = met
-    return out
-
-
-@_compiled
 def heap_leaf_sums(
     X: np.ndarray,
     feature: np.ndarray,
@@ -126,17 +103,37 @@ def heap_leaf_sums(
 
 
 @_compiled
-def leaf_contributions(
-    met: np.ndarray, feature: np.ndarray, table: np.ndarray, width: int, n_features: int, bias: float
+def leaf_shap(
+    X: np.ndarray,
+    feature: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    missing: np.ndarray,
+    size: np.ndarray,
+    table: np.ndarray,
+    n_features: int,
+    bias: float,
 ) -> np.ndarray:
-    """SHAP values [rows, features + 1] (last column the bias): every leaf adds its tabled part
-    for the row's met set to each of its path features."""
-    rows, leaves = met.shape
+    """SHAP values [rows, features + 1] (last column the bias) from treeshap.py's leaf tables:
+    for every leaf, the bit set of its path conditions the row meets (bit k: the k-th path
+    feature lies in [low, high), or is missing (NaN or infinite) and ``missing`` says the
+    default direction follows the path; the ``width - size`` padding bits are always met)
+    picks the leaf's tabled part of each of its path features' values. ``X`` is float32."""
+    rows, leaves, width = X.shape[0], feature.shape[0], feature.shape[1]
     out = np.zeros((rows, n_features + 1))
     for i in range(rows):
         out[i, n_features] = bias
         for leaf in range(leaves):
-            entry = (leaf << width) + met[i, leaf]
-            for k in range(width):
+            m = size[leaf]
+            met = ((1 << width) - 1) ^ ((1 << m) - 1)
+            for k in range(m):
+                x = X[i, feature[leaf, k]]
+                if np.isfinite(x):
+                    if low[leaf, k] <= x < high[leaf, k]:
+                        met |= 1 << k
+                elif missing[leaf, k]:
+                    met |= 1 << k
+            entry = (leaf << width) + met
+            for k in range(m):
                 out[i, feature[leaf, k]] += table[entry, k]
     return out

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import xgboost as xgb
 
-from exporter.models.kernels import heap_leaf_sums, leaf_conditions, leaf_contributions
+from exporter.models.kernels import heap_leaf_sums, leaf_shap
 
 MAX_PATH_FEATURES = 6  # tables grow as 2**m per leaf; the shipped trees need 4
 
@@ -50,7 +50,7 @@ class TreeShap:
     low: np.ndarray  # [leaves, width] float32: met when low <= x < high
     high: np.ndarray
     missing: np.ndarray  # [leaves, width] bool: a missing value meets the condition
-    value: np.ndarray  # [leaves] leaf values
+    size: np.ndarray  # [leaves] int64: how many of the width path features are real (the rest pad)
     table: np.ndarray  # [leaves * 2**width, width]
     base: float  # the booster's base margin
     bias: float  # expected margin: cover-weighted mean leaf value plus the base
@@ -94,7 +94,7 @@ class TreeShap:
             low=low,
             high=high,
             missing=missing,
-            value=value,
+            size=sizes.astype(np.int64),
             table=table.reshape(count << width, width),
             base=base,
             bias=expected + base,
@@ -103,8 +103,17 @@ class TreeShap:
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """SHAP values ``[rows, features + 1]`` on the margin, the last column the bias."""
-        met = self._met(X)
-        out = leaf_contributions(met, self.feature, self.table, self.width, self.n_features, self.bias)
+        out = leaf_shap(
+            self._float32(X),
+            self.feature,
+            self.low,
+            self.high,
+            self.missing,
+            self.size,
+            self.table,
+            self.n_features,
+            self.bias,
+        )
         # Rounded to float32 as XGBoost's own are: sums of them in float64 (margins, per-signal
         # shares) then come out the same whatever the batch a row was scored in.
         return out.astype(np.float32).astype(np.float64)
@@ -115,10 +124,6 @@ class TreeShap:
         return self.base + heap_leaf_sums(
             self._float32(X), heap.feature, heap.threshold, heap.default_left, heap.value, heap.depth
         )
-
-    def _met(self, X: np.ndarray) -> np.ndarray:
-        """[rows, leaves] bit set of the path conditions each row meets."""
-        return leaf_conditions(self._float32(X), self.feature, self.low, self.high, self.missing)
 
     def _float32(self, X: np.ndarray) -> np.ndarray:
         """Rows as the trees compare them: float32 (XGBoost refuses infinities; here they are

@@ -8,6 +8,7 @@ models here), so bad input is a 4xx naming the field, never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hmac
 import logging
@@ -35,6 +36,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BeforeValidator
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from exporter import __version__
 from exporter.config import ApiSettings, format_duration
@@ -628,6 +630,57 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+class _CoalescedWrites:
+    """A transport that sends what one loop turn writes in one ``send``: uvicorn writes an
+    answer's status line and headers, its body and its end separately, and with TCP_NODELAY
+    each write is a packet and a wake-up of the client (on a loaded 2-core host ~0.7 ms per
+    send for a lone client). Large writes go out at once, after what is pending."""
+
+    LARGE = 64 * 1024
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if len(data) >= self.LARGE:
+            self._flush()
+            self._transport.write(data)
+            return
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol over ``_CoalescedWrites``."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_CoalescedWrites(transport))  # type: ignore[arg-type]
+
+
 def make_server(daemon: Daemon, address: str, port: int) -> uvicorn.Server:
     """A uvicorn server for the app (HTTPS with api.tls_*); ``server.run()`` blocks, ``should_exit`` stops it."""
     api = daemon.settings.api
@@ -637,6 +690,7 @@ def make_server(daemon: Daemon, address: str, port: int) -> uvicorn.Server:
         port=port,
         log_level="warning",
         access_log=False,
+        http=CoalescingH11Protocol,
         ssl_certfile=str(api.tls_cert_file) if api.tls_cert_file else None,
         ssl_keyfile=str(api.tls_key_file) if api.tls_key_file else None,
         # Idle keep-alive TLS clients otherwise hold a shutdown for asyncio's 30 s close_notify wait.

@@ -49,6 +49,10 @@ PER_SIGNAL = (
     "rel_change",
     "missing",
     "stale",
+    "median",
+    "recent_median",
+    "level_shift",
+    "recent_missing",
 )
 
 
@@ -144,6 +148,12 @@ def _signal_stats(x: np.ndarray) -> dict[str, np.ndarray]:
     highest[empty] = np.nan
     slope = nan_slope(x)
     scale = np.maximum(std, 1e-3 * (np.abs(mean) + 1e-3))
+    # Medians shrug off the white spikes of p99s and error ratios: a level that moved (an error
+    # ratio creeping up, requests stopping, cpu collapsing in a hang) shows in the recent median
+    # against the window's, where one spike would swing last, max and the slopes.
+    median = nan_median(x)
+    recent_median = nan_median(x[:, -SHORT_SPAN:])
+    recent = present[:, -SHORT_SPAN:]
     return {
         "last": last,
         "mean": mean,
@@ -157,6 +167,10 @@ def _signal_stats(x: np.ndarray) -> dict[str, np.ndarray]:
         "rel_change": slope * x.shape[1] / (np.abs(mean) + 1e-6),
         "missing": np.where(empty, np.nan, 1.0 - count / max(x.shape[1], 1)),
         "stale": np.where(empty, np.nan, _trailing_gap(present)),
+        "median": median,
+        "recent_median": recent_median,
+        "level_shift": (recent_median - median) / (np.abs(median) + 1e-6),
+        "recent_missing": np.where(empty, np.nan, 1.0 - recent.sum(axis=1) / max(recent.shape[1], 1)),
     }
 
 
@@ -175,6 +189,17 @@ def last_observed(x: np.ndarray) -> np.ndarray:
     offset = np.argmax(present[:, ::-1], axis=1)
     last = x[np.arange(len(x)), x.shape[1] - 1 - offset]
     return np.where(present.any(axis=1), last, np.nan)
+
+
+def nan_median(x: np.ndarray) -> np.ndarray:
+    """Median of the present samples of each row (NaN when the row has none)."""
+    present = np.isfinite(x)
+    count = present.sum(axis=1)
+    ordered = np.sort(np.where(present, x, np.nan), axis=1)  # NaN sorts last
+    rows = np.arange(len(x))
+    low = ordered[rows, np.maximum(count - 1, 0) // 2] if x.shape[1] else np.full(len(x), np.nan)
+    high = ordered[rows, np.minimum(count // 2, max(x.shape[1] - 1, 0))] if x.shape[1] else low
+    return np.where(count > 0, (low + high) / 2, np.nan)
 
 
 def nan_slope(x: np.ndarray) -> np.ndarray:

@@ -54,11 +54,12 @@ STEPS_PER_CHUNK = 500
 
 
 def alert(name: str) -> tuple[float, int]:
-    """(threshold, for: in minutes) of a shipped ``failure_probability > X`` alert."""
+    """(threshold, for: in minutes) of a shipped ``... failure_probability ... > X`` alert."""
     for group in yaml.safe_load(RULES.read_text())["groups"]:
         for rule in group["rules"]:
             if rule.get("alert") == name:
-                threshold = float(re.fullmatch(r"failure_probability > ([0-9.]+)", rule["expr"]).group(1))
+                # "max without (instance) (failure_probability{...}) > X": the last comparison
+                threshold = float(re.search(r"> ([0-9.]+)\s*$", rule["expr"]).group(1))
                 return threshold, int(parse_duration(rule["for"]) // 60)
     raise KeyError(name)
 

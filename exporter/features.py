@@ -15,7 +15,12 @@ Missing data has two meanings, and the features keep them apart:
   routes down the branch it learned for "absent" (training masks whole signals at
   random, so that branch carries no evidence either way);
 - a signal that *stops* (samples in the past, none in the recent steps) is evidence:
-  ``<signal>_stale`` counts the steps since its last sample.
+  ``<signal>_stale`` counts the steps since its last sample, and ``<signal>_recent_missing``
+  the share of the recent steps without one (a pod that is often idle misses as many samples
+  recently as before; a hung one misses all of them at once).
+
+Spiky signals (p99s, error ratios) also get medians, of the window and of its recent steps:
+a level that moved shows in them where one spike swings ``last``, ``max`` and the slopes.
 
 There are no time-of-day features: incidents cluster in working hours on most
 clusters, and a classifier that learns the clock pages by the clock.

@@ -10,9 +10,9 @@ demo:
 test:
 	./scripts/test $(ARGS)
 
-# Rebuild the shipped bootstrap model, package data of exporter (deterministic; ~30 s).
+# Rebuild the shipped bootstrap model, package data of exporter (deterministic; ~4 min).
 bootstrap-model:
-	failure-predictor train --source simulate --out exporter/bootstrap_model --targets 48 --days 12 --seed 0
+	failure-predictor train --source simulate --out exporter/bootstrap_model --targets 96 --days 12 --seed 0
 
 benchmark:
 	python3 benchmarks/cycle.py --targets 1000 10000

@@ -15,7 +15,12 @@ Missing data has two meanings, and the features keep them apart:
   routes down the branch it learned for "absent" (training masks whole signals at
   random, so that branch carries no evidence either way);
 - a signal that *stops* (samples in the past, none in the recent steps) is evidence:
-  ``<signal>_stale`` counts the steps since its last sample.
+  ``<signal>_stale`` counts the steps since its last sample, and ``<signal>_recent_missing``
+  the share of the recent steps without one (a pod that is often idle misses as many samples
+  recently as before; a hung one misses all of them at once).
+
+Spiky signals (p99s, error ratios) also get medians, of the window and of its recent steps:
+a level that moved shows in them where one spike swings ``last``, ``max`` and the slopes.
 
 There are no time-of-day features: incidents cluster in working hours on most
 clusters, and a classifier that learns the clock pages by the clock.
@@ -49,6 +54,10 @@ PER_SIGNAL = (
     "rel_change",
     "missing",
     "stale",
+    "median",
+    "recent_median",
+    "level_shift",
+    "recent_missing",
 )
 
 
@@ -144,6 +153,12 @@ def _signal_stats(x: np.ndarray) -> dict[str, np.ndarray]:
     highest[empty] = np.nan
     slope = nan_slope(x)
     scale = np.maximum(std, 1e-3 * (np.abs(mean) + 1e-3))
+    # Medians shrug off the white spikes of p99s and error ratios: a level that moved (an error
+    # ratio creeping up, requests stopping, cpu collapsing in a hang) shows in the recent median
+    # against the window's, where one spike would swing last, max and the slopes.
+    median = nan_median(x)
+    recent_median = nan_median(x[:, -SHORT_SPAN:])
+    recent = present[:, -SHORT_SPAN:]
     return {
         "last": last,
         "mean": mean,
@@ -157,6 +172,10 @@ def _signal_stats(x: np.ndarray) -> dict[str, np.ndarray]:
         "rel_change": slope * x.shape[1] / (np.abs(mean) + 1e-6),
         "missing": np.where(empty, np.nan, 1.0 - count / max(x.shape[1], 1)),
         "stale": np.where(empty, np.nan, _trailing_gap(present)),
+        "median": median,
+        "recent_median": recent_median,
+        "level_shift": (recent_median - median) / (np.abs(median) + 1e-6),
+        "recent_missing": np.where(empty, np.nan, 1.0 - recent.sum(axis=1) / max(recent.shape[1], 1)),
     }
 
 
@@ -175,6 +194,17 @@ def last_observed(x: np.ndarray) -> np.ndarray:
     offset = np.argmax(present[:, ::-1], axis=1)
     last = x[np.arange(len(x)), x.shape[1] - 1 - offset]
     return np.where(present.any(axis=1), last, np.nan)
+
+
+def nan_median(x: np.ndarray) -> np.ndarray:
+    """Median of the present samples of each row (NaN when the row has none)."""
+    present = np.isfinite(x)
+    count = present.sum(axis=1)
+    ordered = np.sort(np.where(present, x, np.nan), axis=1)  # NaN sorts last
+    rows = np.arange(len(x))
+    low = ordered[rows, np.maximum(count - 1, 0) // 2] if x.shape[1] else np.full(len(x), np.nan)
+    high = ordered[rows, np.minimum(count // 2, max(x.shape[1] - 1, 0))] if x.shape[1] else low
+    return np.where(count > 0, (low + high) / 2, np.nan)
 
 
 def nan_slope(x: np.ndarray) -> np.ndarray:

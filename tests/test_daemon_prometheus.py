@@ -53,8 +53,7 @@ def test_leaking_and_erroring_pods_rank_above_every_healthy_pod(
     daemon: DaemonServer, workload: Workload
 ) -> None:
     """The sick pods leak (or error) over and over: each time the window fills with a rising
-    ramp the leak must stand above the alert threshold and every healthy pod, the error ramp
-    above the healthy pods' median.
+    ramp both must stand above every healthy pod, the leak also above 0.5.
 
     Right after Prometheus starts, short rate windows make every pod look odd, so peaks
     are taken over two ramp periods once every pod has a full window of history."""
@@ -67,7 +66,7 @@ def test_leaking_and_erroring_pods_rank_above_every_healthy_pod(
             peaks[pod] = max(score, peaks.get(pod, 0.0))
         healthy = sorted(peaks.get(pod, 1.0) for pod in workload.healthy_pods)
         leaky, erroring = peaks.get(workload.leaky_pod, 0.0), peaks.get(workload.erroring_pod, 0.0)
-        if leaky > max(0.5, healthy[-1]) and erroring > healthy[len(healthy) // 2]:
+        if leaky > max(0.5, healthy[-1]) and erroring > healthy[-1]:
             return
         time.sleep(0.5)
     pytest.fail(f"sick pods never outranked the healthy ones: peaks {peaks}")

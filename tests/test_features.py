@@ -60,6 +60,10 @@ def test_per_signal_stats_of_a_ramp():
             "rel_change": 6 / 3.5,  # slope * 6 steps / |mean|
             "missing": 0.0,
             "stale": 0.0,
+            "median": 3.5,
+            "recent_median": 3.5,  # the window is shorter than the short span: whole window
+            "level_shift": 0.0,
+            "recent_missing": 0.0,
         },
         rel=1e-6,
     )
@@ -82,6 +86,10 @@ def test_flat_signal_has_zero_spread_slope_and_zscore():
             "rel_change": 0.0,
             "missing": 0.0,
             "stale": 0.0,
+            "median": 0.2,
+            "recent_median": 0.2,
+            "level_shift": 0.0,
+            "recent_missing": 0.0,
         },
         abs=1e-9,
     )
@@ -95,6 +103,29 @@ def test_short_rate_reads_the_last_ten_steps_and_long_rate_the_edge_means():
     # (mean 10..18 = 14) - (mean 100, 100, 0, 2, 4 = 41.2), over 12 - 5 = 7 steps.
     assert result["rate_long"] == pytest.approx((14 - 41.2) / 7)
     assert result["slope"] < 0  # the whole-window slope is dragged down by the spike
+
+
+def test_recent_median_follows_a_level_that_moved_but_not_a_single_spike():
+    # 50 steps at 1 % errors, then the last 10: a ramp to 4 % in one row, a lone 30 % spike in the other.
+    calm = [0.01] * 50
+    ramp = [*calm, 0.01, 0.015, 0.02, 0.025, 0.03, 0.03, 0.035, 0.035, 0.04, 0.04]
+    spike = calm + [0.01] * 9 + [0.3]
+    result = features(window(errors=[ramp, spike]))
+
+    np.testing.assert_allclose(result.column("errors_median"), [0.01, 0.01])
+    np.testing.assert_allclose(result.column("errors_recent_median"), [0.03, 0.01])
+    np.testing.assert_allclose(result.column("errors_level_shift"), [2.0, 0.0], rtol=1e-3)
+    assert result.column("errors_last")[1] > result.column("errors_last")[0]  # the spike fools last
+
+
+def test_recent_missing_tells_requests_that_stopped_from_a_pod_that_is_often_idle():
+    # A hung app: 50 served steps, then 10 without a request; an idle one: every other step empty.
+    hung = [0.2] * 50 + [NAN] * 10
+    idle = [0.2, NAN] * 30
+    result = features(window(latency=[hung, idle]))
+
+    np.testing.assert_allclose(result.column("latency_recent_missing"), [1.0, 0.5])
+    np.testing.assert_allclose(result.column("latency_missing"), [1 / 6, 0.5])
 
 
 def test_slope_and_mean_ignore_missing_samples():

@@ -94,12 +94,12 @@ def test_alerts_named_in_the_issue_have_their_thresholds() -> None:
     by_name = {alert["alert"]: alert for alert in alerts()}
     high, elevated = by_name["HighFailureProbability"], by_name["ElevatedFailureProbability"]
     assert (high["expr"], high["for"], high["labels"]["severity"]) == (
-        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.26',
+        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.35',
         "5m",
         "critical",
     )
     assert (elevated["expr"], elevated["for"], elevated["labels"]["severity"]) == (
-        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.15',
+        'max without (instance) (failure_probability{job="failure-predictor"}) > 0.2',
         "15m",
         "warning",
     )

@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 from exporter.features import signal_weights
 from exporter.training.dataset import Dataset
 
-ALERT_THRESHOLD = 0.26  # HighFailureProbability's threshold in rules/failure-predictor.rules.yml
+ALERT_THRESHOLD = 0.35  # HighFailureProbability's threshold in rules/failure-predictor.rules.yml
 FALSE_ALARM_BUDGET = 1.0  # false alarm episodes per target-day an on-call team can live with
 # The static rule: any of these on the newest sample (latency: x times its window mean).
 STATIC_LIMITS = {"cpu_last": 0.9, "memory_last": 0.9, "errors_last": 0.05}

@@ -28,12 +28,13 @@ clusters, and a classifier that learns the clock pages by the clock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from exporter.frame import Frame
+from exporter.kernels import series_stats
 
 SHORT_SPAN = 10  # steps: the "recent" part of the window for short-span rates
 EDGE = 5  # steps averaged at each end of the window for the long-span rate
@@ -108,22 +109,26 @@ def reporting(frame: Frame) -> Frame:
 
 def window_features(values: np.ndarray, signals: Sequence[str]) -> Features:
     """Features of ``values[rows, time, signals]`` windows, as of each window's newest step."""
-    columns: dict[str, np.ndarray] = {}
     rows, steps, count = values.shape
+    # One compiled pass over every (row, signal) series, each row's series contiguous, so a
+    # target's features are computed alike alone (the API) and among all targets (the cycle).
+    series = np.ascontiguousarray(values.transpose(0, 2, 1).reshape(rows * count, steps))
+    stats = series_stats(series, SHORT_SPAN, EDGE).reshape(rows, count, len(PER_SIGNAL))
+
+    def stat(signal: str, name: str) -> np.ndarray:
+        return stats[:, signals.index(signal), PER_SIGNAL.index(name)]
+
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        # One pass over every (row, signal) series: the fixed cost of each numpy call is paid
-        # once per batch, not once per signal (it dominates a single API prediction).
-        # Contiguous rows, so each series sums the same way whatever the batch: a target scores
-        # bit-for-bit alike alone (the API) and among all targets (the cycle).
-        stats = _signal_stats(np.ascontiguousarray(values.transpose(0, 2, 1).reshape(rows * count, steps)))
-        for index, signal in enumerate(signals):
-            columns.update(
-                {f"{signal}_{name}": v.reshape(rows, count)[:, index] for name, v in stats.items()}
-            )
-        columns.update(_cross_signal(columns, values, signals))
-    names = feature_names(signals)
-    matrix = np.column_stack([columns[name] for name in names]) if len(values) else np.empty((0, len(names)))
-    return Features(values=missing_if_unusable(matrix.astype(np.float64, copy=False)), names=names)
+        cross = _cross_signal(stat, values, signals)
+    # feature_names' order: every signal's PER_SIGNAL, then the cross-signal features.
+    matrix = np.concatenate(
+        [
+            stats.reshape(rows, count * len(PER_SIGNAL)),
+            np.column_stack([*cross.values(), np.empty((rows, 0))]),
+        ],
+        axis=1,
+    )
+    return Features(values=missing_if_unusable(matrix), names=feature_names(signals))
 
 
 def missing_if_unusable(matrix: np.ndarray) -> np.ndarray:
@@ -139,116 +144,25 @@ def missing_if_unusable(matrix: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def _signal_stats(x: np.ndarray) -> dict[str, np.ndarray]:
-    present = np.isfinite(x)
-    count = present.sum(axis=1)
-    filled = np.where(present, x, 0.0)
-    mean = filled.sum(axis=1) / count
-    std = np.sqrt(np.where(present, (x - mean[:, None]) ** 2, 0.0).sum(axis=1) / count)
-    last = last_observed(x)
-    lowest = np.where(present, x, np.inf).min(axis=1)
-    highest = np.where(present, x, -np.inf).max(axis=1)
-    empty = count == 0
-    lowest[empty] = np.nan
-    highest[empty] = np.nan
-    slope = nan_slope(x)
-    scale = np.maximum(std, 1e-3 * (np.abs(mean) + 1e-3))
-    # Medians shrug off the white spikes of p99s and error ratios: a level that moved (an error
-    # ratio creeping up, requests stopping, cpu collapsing in a hang) shows in the recent median
-    # against the window's, where one spike would swing last, max and the slopes.
-    median = nan_median(x)
-    recent_median = nan_median(x[:, -SHORT_SPAN:])
-    recent = present[:, -SHORT_SPAN:]
-    return {
-        "last": last,
-        "mean": mean,
-        "std": std,
-        "min": lowest,
-        "max": highest,
-        "slope": slope,
-        "zscore": (last - mean) / scale,
-        "rate_short": nan_slope(x[:, -SHORT_SPAN:]),
-        "rate_long": _edge_rate(x),
-        "rel_change": slope * x.shape[1] / (np.abs(mean) + 1e-6),
-        "missing": np.where(empty, np.nan, 1.0 - count / max(x.shape[1], 1)),
-        "stale": np.where(empty, np.nan, _trailing_gap(present)),
-        "median": median,
-        "recent_median": recent_median,
-        "level_shift": (recent_median - median) / (np.abs(median) + 1e-6),
-        "recent_missing": np.where(empty, np.nan, 1.0 - recent.sum(axis=1) / max(recent.shape[1], 1)),
-    }
-
-
-def _trailing_gap(present: np.ndarray) -> np.ndarray:
-    """Steps since the newest sample of each row (0 when the newest step has one)."""
-    if present.shape[1] == 0:
-        return np.zeros(len(present))
-    return np.argmax(present[:, ::-1], axis=1).astype(float)
-
-
-def last_observed(x: np.ndarray) -> np.ndarray:
-    """The newest non-NaN value of each row (NaN when the row has none)."""
-    present = np.isfinite(x)
-    if x.shape[1] == 0:
-        return np.full(len(x), np.nan)
-    offset = np.argmax(present[:, ::-1], axis=1)
-    last = x[np.arange(len(x)), x.shape[1] - 1 - offset]
-    return np.where(present.any(axis=1), last, np.nan)
-
-
-def nan_median(x: np.ndarray) -> np.ndarray:
-    """Median of the present samples of each row (NaN when the row has none)."""
-    present = np.isfinite(x)
-    count = present.sum(axis=1)
-    ordered = np.sort(np.where(present, x, np.nan), axis=1)  # NaN sorts last
-    rows = np.arange(len(x))
-    low = ordered[rows, np.maximum(count - 1, 0) // 2] if x.shape[1] else np.full(len(x), np.nan)
-    high = ordered[rows, np.minimum(count // 2, max(x.shape[1] - 1, 0))] if x.shape[1] else low
-    return np.where(count > 0, (low + high) / 2, np.nan)
-
-
-def nan_slope(x: np.ndarray) -> np.ndarray:
-    """Least-squares slope per step over the present samples; NaN with fewer than two."""
-    present = np.isfinite(x)
-    count = present.sum(axis=1)
-    t = np.broadcast_to(np.arange(x.shape[1], dtype=float), x.shape)
-    t_mean = np.where(present, t, 0.0).sum(axis=1) / count
-    x_mean = np.where(present, x, 0.0).sum(axis=1) / count
-    dt = np.where(present, t - t_mean[:, None], 0.0)
-    dx = np.where(present, x - x_mean[:, None], 0.0)
-    slope = (dt * dx).sum(axis=1) / (dt * dt).sum(axis=1)
-    return np.where(count >= 2, slope, np.nan)
-
-
-def _nan_mean(x: np.ndarray) -> np.ndarray:
-    present = np.isfinite(x)
-    return np.where(present, x, 0.0).sum(axis=1) / present.sum(axis=1)
-
-
-def _edge_rate(x: np.ndarray) -> np.ndarray:
-    """Change per step between the means of the first and last EDGE steps: robust to spikes."""
-    span = x.shape[1] - EDGE
-    if span <= 0:
-        return np.full(len(x), np.nan)
-    return (_nan_mean(x[:, -EDGE:]) - _nan_mean(x[:, :EDGE])) / span
-
-
-def _cross_signal(columns: dict[str, np.ndarray], values: np.ndarray, signals: Sequence[str]) -> dict:
+def _cross_signal(
+    stat: Callable[[str, str], np.ndarray], values: np.ndarray, signals: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The cross-signal features, in feature_names' order (``stat(signal, name)``: a column)."""
     cross: dict[str, np.ndarray] = {}
     for signal in LIMITED_SIGNALS:
         if signal in signals:
             cross[f"{signal}_exhaustion_steps"] = exhaustion_steps(
-                columns[f"{signal}_last"], columns[f"{signal}_slope"]
+                stat(signal, "last"), stat(signal, "slope")
             )
     if "cpu" in signals and "memory" in signals:
-        cpu, memory = columns["cpu_last"], columns["memory_last"]
+        cpu, memory = stat("cpu", "last"), stat("memory", "last")
         cross["cpu_x_memory"] = cpu * memory
         cross["resource_pressure"] = np.maximum(cpu, memory)  # NaN without both, like every cross feature
     if "errors" in signals and "latency" in signals:
         errors = values[:, :, signals.index("errors")]
         latency = values[:, :, signals.index("latency")]
         cross["errors_latency_corr"] = nan_correlation(errors, latency)
-        cross["errors_x_latency"] = columns["errors_last"] * columns["latency_last"] / columns["latency_mean"]
+        cross["errors_x_latency"] = stat("errors", "last") * stat("latency", "last") / stat("latency", "mean")
     return cross
 
 

@@ -372,3 +372,83 @@ def test_signal_weights_tell_apart_signals_whose_names_share_a_prefix():
     assert weights["cpu_mean"] == [1.0, 0.0]
     assert weights["cpu_throttle_mean"] == [0.0, 1.0]
     assert weights["cpu_exhaustion_steps"] == [1.0, 0.0]
+
+
+def reference_stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-signal statistics spelled out in numpy, as features.py computed them before its
+    compiled kernel: the kernel must agree on every shape of series."""
+    from exporter.features import EDGE, SHORT_SPAN
+
+    def nan_mean(v):
+        p = np.isfinite(v)
+        return np.where(p, v, 0.0).sum(axis=1) / p.sum(axis=1)
+
+    def nan_slope(v):
+        p = np.isfinite(v)
+        n = p.sum(axis=1)
+        t = np.broadcast_to(np.arange(v.shape[1], dtype=float), v.shape)
+        dt = np.where(p, t - nan_mean(np.where(p, t, np.nan))[:, None], 0.0)
+        dx = np.where(p, v - nan_mean(v)[:, None], 0.0)
+        return np.where(n >= 2, (dt * dx).sum(axis=1) / (dt * dt).sum(axis=1), np.nan)
+
+    def nan_median(v):
+        p = np.isfinite(v)
+        n = p.sum(axis=1)
+        ordered = np.sort(np.where(p, v, np.nan), axis=1)
+        rows = np.arange(len(v))
+        low, high = (
+            ordered[rows, np.maximum(n - 1, 0) // 2],
+            ordered[rows, np.minimum(n // 2, v.shape[1] - 1)],
+        )
+        return np.where(n > 0, (low + high) / 2, np.nan)
+
+    present = np.isfinite(x)
+    count = present.sum(axis=1)
+    empty = count == 0
+    mean = nan_mean(x)
+    std = np.sqrt(np.where(present, (x - mean[:, None]) ** 2, 0.0).sum(axis=1) / count)
+    offset = np.argmax(present[:, ::-1], axis=1)
+    last = np.where(empty, np.nan, x[np.arange(len(x)), x.shape[1] - 1 - offset])
+    slope = nan_slope(x)
+    median, recent_median = nan_median(x), nan_median(x[:, -SHORT_SPAN:])
+    recent = present[:, -SHORT_SPAN:]
+    return {
+        "last": last,
+        "mean": mean,
+        "std": std,
+        "min": np.where(empty, np.nan, np.where(present, x, np.inf).min(axis=1)),
+        "max": np.where(empty, np.nan, np.where(present, x, -np.inf).max(axis=1)),
+        "slope": slope,
+        "zscore": (last - mean) / np.maximum(std, 1e-3 * (np.abs(mean) + 1e-3)),
+        "rate_short": nan_slope(x[:, -SHORT_SPAN:]),
+        "rate_long": (nan_mean(x[:, -EDGE:]) - nan_mean(x[:, :EDGE])) / (x.shape[1] - EDGE),
+        "rel_change": slope * x.shape[1] / (np.abs(mean) + 1e-6),
+        "missing": np.where(empty, np.nan, 1.0 - count / x.shape[1]),
+        "stale": np.where(empty, np.nan, offset.astype(float)),
+        "median": median,
+        "recent_median": recent_median,
+        "level_shift": (recent_median - median) / (np.abs(median) + 1e-6),
+        "recent_missing": np.where(empty, np.nan, 1.0 - recent.sum(axis=1) / recent.shape[1]),
+    }
+
+
+@pytest.mark.parametrize("steps", [60, 11, 7])
+def test_compiled_statistics_equal_the_numpy_definitions_on_every_shape_of_series(steps):
+    rng = np.random.default_rng(steps)
+    x = rng.lognormal(0, 2, (400, steps)) * rng.choice([1e-6, 1, 1e6], (400, 1))
+    x[rng.random(x.shape) < 0.3] = np.nan  # scrape gaps
+    x[:40] = np.nan  # never reported
+    x[40:60, :-1] = np.nan  # one sample, the newest
+    x[60:80, -12:] = np.nan  # stopped reporting
+    x[80:90] = 0.005  # flat and tiny
+    x[90:95, 3] = np.inf  # an absurd sample counts as none
+    values = x[:, :, None].repeat(len(SIGNALS), axis=2)
+
+    with np.errstate(all="ignore"):
+        expected = reference_stats(x)
+    result = features(values)
+
+    for stat in PER_SIGNAL:
+        np.testing.assert_allclose(
+            result.column(f"cpu_{stat}"), expected[stat], rtol=1e-9, atol=1e-12, err_msg=stat
+        )

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.models.kernels import heap_path_sums
+from exporter.kernels import heap_path_sums
 
 MAX_DEPTH = 16  # sklearn grows depth ceil(log2(max_samples)); 16 serves max_samples up to 65,536
 FIELDS = ("feature", "threshold", "left", "right", "samples")

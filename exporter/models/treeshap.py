@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import xgboost as xgb
 
-from exporter.models.kernels import heap_leaf_sums, leaf_shap
+from exporter.kernels import heap_leaf_sums, leaf_shap
 
 MAX_PATH_FEATURES = 6  # tables grow as 2**m per leaf; the shipped trees need 4
 

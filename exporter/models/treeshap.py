@@ -51,7 +51,7 @@ class TreeShap:
     high: np.ndarray
     missing: np.ndarray  # [leaves, width] bool: a missing value meets the condition
     size: np.ndarray  # [leaves] int64: how many of the width path features are real (the rest pad)
-    table: np.ndarray  # [leaves * 2**width, width]
+    table: np.ndarray  # [leaves * 2**width, width] float32: half the cache lines of float64
     base: float  # the booster's base margin
     bias: float  # expected margin: cover-weighted mean leaf value plus the base
     heap: HeapTrees  # the same trees for the margin: a walk per tree instead of every leaf's test
@@ -95,7 +95,7 @@ class TreeShap:
             high=high,
             missing=missing,
             size=sizes.astype(np.int64),
-            table=table.reshape(count << width, width),
+            table=table.reshape(count << width, width).astype(np.float32),
             base=base,
             bias=expected + base,
             heap=HeapTrees.of(trees),

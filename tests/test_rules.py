@@ -26,6 +26,7 @@ from mixin import (
     selectors,
     simulated_daemon,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from servers import promtool_bin
 
 from exporter.models.bundle import load_bundle
@@ -146,7 +147,7 @@ def exported_metric_names() -> set[str]:
     daemon = simulated_daemon(load_bundle(MODEL), SimulatedCluster(targets=3), port=1)
     daemon.run_cycle()
     names = {"up"}
-    for family in daemon.registry.collect():
+    for family in text_string_to_metric_families(daemon.exposition.render()[0].decode()):
         names.add(family.name + ("_total" if family.type == "counter" else ""))
         names.update(sample.name for sample in family.samples)
     return names

@@ -36,9 +36,11 @@ def replay(
     width = bundle.manifest.window_steps
     signals = normaliser.signals
     rows = normaliser.include(targets)
-    padding = np.full((len(targets), max(width - 1 - first, 0), len(signals)), np.nan)
-    padded = np.concatenate([padding, values], axis=1)
-    shift = padding.shape[1]
+    shift = max(width - 1 - first, 0)
+    padded = values  # a lead-in shorter than a window is padded with NaN: a copy, so only then
+    if shift:
+        padding = np.full((len(targets), shift, len(signals)), np.nan)
+        padded = np.concatenate([padding, values], axis=1)
     views = sliding_window_view(padded, width, axis=1)  # [targets, ends, signals, width]
     alive = np.isfinite(values[:, first:, :]).any(axis=2)  # [targets, steps]
     step_of, target_of = np.nonzero(alive.T)  # time order, then target

@@ -61,18 +61,22 @@ class Lead:
         self.targets = targets  # how many targets the last chunk read (sizes the next)
 
     def fill(self, values: np.ndarray, keys: Sequence[tuple[str, ...]]) -> None:
-        """Write the held steps into the first columns of ``values`` (rows in ``keys`` order)."""
+        """Move the held steps into the first columns of ``values`` (rows in ``keys`` order),
+        a batch of rows at a time so that no second copy of them exists at once."""
         held = {key: row for row, key in enumerate(self.keys)}
         rows = np.array([held.get(key, -1) for key in keys], dtype=np.int64)
-        found = rows >= 0
-        values[found, : self.values.shape[1]] = self.values[rows[found]]
+        dst = np.flatnonzero(rows >= 0)
+        for begin in range(0, len(dst), CHUNK_ROWS):
+            part = dst[begin : begin + CHUNK_ROWS]
+            values[part, : self.values.shape[1]] = self.values[rows[part]]
+        self.values = np.zeros((0, 0, 0))
 
     def keep(self, values: np.ndarray, keys: Sequence[tuple[str, ...]], end: float, steps: int) -> None:
         """Hold the newest ``steps`` columns of ``values`` (ending at ``end``), a copy, so that the
         chunk's array is freed."""
         tail = values[:, values.shape[1] - steps :]
         live = np.isfinite(tail).any(axis=(1, 2))
-        self.values = tail[live].copy()
+        self.values = tail[live]  # a boolean index copies
         self.keys = [key for key, alive in zip(keys, live, strict=True) if alive]
         self.end = end
         self.targets = len(keys)

@@ -286,6 +286,10 @@ class AnomalyNormaliser:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether the target of this ``target_key`` is watched."""
+        return key in self._rows
+
     def rows_of(self, targets: Sequence[Mapping[str, str]]) -> np.ndarray:
         """State rows of these targets (-1 for one not watched)."""
         return np.array([self._rows.get(target_key(t), -1) for t in targets], dtype=np.int64)

@@ -42,9 +42,6 @@ from exporter.snapshot import Bands, Explanations, ModelInfo, Snapshot, contribu
 from exporter.sources import Source
 
 log = logging.getLogger(__name__)
-# Remembered targets (warmed or waiting) may exceed twice those watched by this many before the
-# ones no longer watched are forgotten: pruning costs a pass over every target, so not each cycle.
-PRUNE_SLACK = 1_000
 
 
 class CycleFailed(Exception):
@@ -252,10 +249,9 @@ class Daemon:
             self._warmed |= new
         else:
             self._cold |= new
-        if len(self._warmed) + len(self._cold) > 2 * len(frame.targets) + PRUNE_SLACK:
-            watched = {target_key(t) for t in frame.targets}  # bounded by the targets watched
-            self._warmed &= watched
-            self._cold &= watched
+        # A target no longer watched is forgotten (its statistics are): if it returns, it is new.
+        self._warmed = {key for key in self._warmed if key in normaliser}
+        self._cold = {key for key in self._cold if key in normaliser}
 
     def _new_normaliser(self, signals: tuple[str, ...], steps: int) -> AnomalyNormaliser:
         anomaly = self.settings.anomaly

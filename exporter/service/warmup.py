@@ -59,7 +59,7 @@ class Lead:
         self.values = np.zeros((0, 0, 0))
         self.keys: list[tuple[str, ...]] = []
         self.end = -math.inf  # time of the newest step held
-        self.targets = targets  # how many targets the last chunk read (sizes the next)
+        self.targets = targets  # the most targets expected or read by a chunk (sizes the next)
 
     def fill(self, values: np.ndarray, keys: Sequence[tuple[str, ...]]) -> None:
         """Move the held steps into the first columns of ``values`` (rows in ``keys`` order),
@@ -80,7 +80,7 @@ class Lead:
         self.values = tail[live]  # a boolean index copies
         self.keys = [key for key, alive in zip(keys, live, strict=True) if alive]
         self.end = end
-        self.targets = len(keys)
+        self.targets = max(self.targets, len(keys))  # an empty stretch must not size the next chunk
 
 
 class WarmUp:
@@ -113,7 +113,7 @@ class WarmUp:
     ) -> bool:
         """Start replaying into ``make()`` (every target, or ``only`` these); False if one runs.
         ``targets`` (how many the history holds about; default ``max_targets``) sizes the first
-        chunk, the targets each chunk read size the next."""
+        chunk, and the most targets a chunk read the next ones."""
         if self.running:
             return False
         lead = Lead(self._settings.max_targets if targets is None else max(targets, 1))

@@ -5,12 +5,14 @@ daemon does; a daemon without the warm start does not, and one whose history que
 Prometheus is backfilled (promtool) with simulated series from ten minutes before the test to
 a few minutes after it, at 1 s steps, so the daemons have both history and a present. The
 uninterrupted daemon is the same Daemon class driven in-process by a clock that visits every
-step from the first sample on.
+step from the first sample on. The replay itself is chunked: many small chunks score as one
+whole replay, and a daemon replays each target once, a pod that arrives later alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -23,8 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from servers import TEST_SPEED, DaemonServer, PrometheusServer, promtool_bin
 
 from exporter.config import BOOTSTRAP_MODEL, Settings
+from exporter.features import frame_features
 from exporter.models.bundle import load_bundle
+from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser, Evaluation
 from exporter.service.daemon import Daemon
+from exporter.service.warmup import WarmUp
 from exporter.snapshot import Snapshot
 from exporter.sources.prometheus import PrometheusSource
 from exporter.sources.simulate import simulate_history
@@ -32,14 +37,28 @@ from exporter.sources.simulate import simulate_history
 MODEL = BOOTSTRAP_MODEL
 PAST, FUTURE = 600, 900  # seconds of backfilled history before and after the test starts
 TARGETS = 5
+LATE, ARRIVAL = 2, 400  # the pods that arrive later, and at which step of the recording
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    yield from backfilled(tmp_path_factory.mktemp("recorded"), arrival=0)
+
+
+@pytest.fixture(scope="module")
+def arriving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """The same recording, but the last LATE pods have no sample before step ARRIVAL."""
+    yield from backfilled(tmp_path_factory.mktemp("arriving"), arrival=ARRIVAL)
+
+
+def backfilled(workdir: Path, arrival: int) -> Iterator[PrometheusServer]:
     simulated = simulate_history(targets=TARGETS, steps=PAST + FUTURE, seed=11, incident_rate=1.0)
     start = math.floor(time.time()) - PAST
-    frame = dataclasses.replace(simulated.frame, timestamps=start + np.arange(PAST + FUTURE, dtype=float))
-    workdir = tmp_path_factory.mktemp("recorded")
+    values = simulated.frame.values.copy()
+    values[TARGETS - LATE :, :arrival] = np.nan
+    frame = dataclasses.replace(
+        simulated.frame, values=values, timestamps=start + np.arange(PAST + FUTURE, dtype=float)
+    )
     server = PrometheusServer(workdir)
     openmetrics = workdir / "history.om"
     write_openmetrics(dataclasses.replace(simulated, frame=frame), openmetrics)
@@ -166,3 +185,77 @@ def test_a_failing_history_query_leaves_the_cold_start_and_says_so(
         assert errors and errors >= 1, daemon.log_tail()
         assert "anomaly warm-up failed" in daemon.log_path.read_text()
         assert daemon.metric_value("failure_predictor_targets") == TARGETS  # still scoring, cold
+
+
+def replayed(prometheus: PrometheusServer, chunk: str, now: float) -> AnomalyNormaliser:
+    """A warm-up's normaliser, replayed ``chunk`` at a time up to ``now``."""
+    settings = Settings.model_validate(config(prometheus.url, warmup="8m", warmup_chunk=chunk))
+    clock = lambda: now + 0.5  # noqa: E731
+    errors: list[str] = []
+    warmup = WarmUp(settings, PrometheusSource(settings, clock=clock).read_history, errors.append, clock)
+    make = lambda: AnomalyNormaliser(tuple(settings.queries), EMBED_STEPS, step=settings.step)  # noqa: E731
+    assert warmup.begin(make, load_bundle(MODEL))
+    warmup.wait()
+    finished = warmup.take()
+    assert finished is not None, errors
+    return finished[0]
+
+
+def test_a_replay_in_chunks_shorter_than_a_window_scores_as_one_whole_replay(
+    recorded: PrometheusServer,
+) -> None:
+    """7-step chunks (a 60-step window's lead-in spans nine of them) against one 480-step read:
+    the statistics after the replay, and the scores of the cycles that follow, are the same."""
+    now = recorded.first_sample + PAST
+    chunked, whole = replayed(recorded, "7s", now), replayed(recorded, "1h", now)
+    settings = Settings.model_validate(config(recorded.url, warmup=0))
+    bundle = load_bundle(MODEL)
+    clock = [now]
+    source = PrometheusSource(settings, clock=lambda: clock[0] + 0.5)
+    for _ in range(20):  # the first reads the replayed newest step; the others are new
+        frame = source.fetch().frame
+        raw = bundle.score(frame_features(frame), explain=False).raw_anomaly
+        ours, theirs = (n.cycle(frame.values, frame.targets, raw, frame.end) for n in (chunked, whole))
+        assert_same(ours, theirs)
+        clock[0] += 1.0
+    assert len(chunked) == len(whole) == TARGETS
+
+
+def assert_same(ours: Evaluation, theirs: Evaluation) -> None:
+    np.testing.assert_array_equal(ours.history, theirs.history)
+    np.testing.assert_allclose(ours.score, theirs.score, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours.expected, theirs.expected, rtol=1e-9, atol=1e-12)
+    assert np.isfinite(ours.expected).any() and (ours.history > 100).all()  # warmed, not cold
+
+
+def test_each_target_is_replayed_once_and_a_pod_arriving_later_alone(
+    arriving: PrometheusServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start replays the pods there; the pods that arrive later get one replay of their own,
+    of them alone (queries narrowed through {selector}), and no pod is replayed again."""
+    signals = {name: query + "{{selector}}" for name, query in SIGNAL_QUERIES.items()}
+    settings = Settings.model_validate({**config(arriving.url, warmup="10m"), "signals": signals})
+    clock = [arriving.first_sample + ARRIVAL - 100]
+    tick = lambda: clock[0] + 0.5  # noqa: E731
+    daemon = Daemon(settings, PrometheusSource(settings, clock=tick), load_bundle(MODEL), clock=tick)
+    caplog.set_level(logging.INFO, logger="exporter.service.warmup")
+
+    def cycles_until_warmed(targets: int) -> Snapshot:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            snapshot = daemon.run_cycle()
+            if daemon.metrics.warmed_targets._value.get() >= targets:
+                return snapshot
+            time.sleep(0.1)
+        pytest.fail(f"never {targets} warmed targets")
+
+    first = cycles_until_warmed(TARGETS - LATE)
+    assert len(first.targets) == TARGETS - LATE
+    clock[0] = arriving.first_sample + ARRIVAL + 50  # the late pods have 50 samples in Prometheus
+    later = cycles_until_warmed(TARGETS)
+    for _ in range(5):
+        clock[0] += 1.0
+        later = daemon.run_cycle()
+    replays = [r.targets for r in caplog.records if r.getMessage() == "anomaly warm-up done"]
+    assert replays == [TARGETS - LATE, LATE]
+    assert len(later.targets) == TARGETS and (later.bands.history > 50).all()

@@ -115,7 +115,7 @@ class ModelBundle:
         if len(rows):
             contributions[rows] = self.explainer.contributions(matrix[rows])
         weights = self.signal_weights
-        raw_anomaly = self.detector.raw_score(matrix) if len(matrix) else np.empty(0)
+        raw_anomaly = self._raw_anomaly(matrix)
         return Scores(
             inputs=matrix,
             probability=probability,
@@ -124,6 +124,14 @@ class ModelBundle:
             signal_contributions=contributions[:, :-1] @ weights,
             raw_anomaly=raw_anomaly,
         )
+
+    def raw_anomaly(self, features: Features) -> np.ndarray:
+        """The detector's raw score alone (``Scores.raw_anomaly``), without the classifier: a
+        warm-up replay needs nothing else, and skips the classifier's time and memory."""
+        return self._raw_anomaly(select(features, self.manifest.features))
+
+    def _raw_anomaly(self, matrix: np.ndarray) -> np.ndarray:
+        return self.detector.raw_score(matrix) if len(matrix) else np.empty(0)
 
 
 def library_versions() -> dict[str, str]:

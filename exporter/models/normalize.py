@@ -79,7 +79,7 @@ SEASON_BINS = {"daily": 48, "weekly": 168}  # bins per period: 30 min of a day, 
 PERIOD_SECONDS = {"daily": 86_400.0, "weekly": 604_800.0}
 SEASON_MIN_PERIODS = 2.0  # periods watched before a profile may be used
 SEASON_GAIN = 0.5  # a profile is used when the residual keeps less than this share of the variance
-SEASON_MEMORY = 8  # visits per bin: exact up to this many, exponential afterwards
+SEASON_MEMORY = 8  # visits per bin: exact up to this many, exponential afterwards (at most 255)
 SEED = 0
 
 TargetKey = tuple[tuple[str, str], ...]
@@ -194,7 +194,7 @@ class SeasonalProfile:
         self.period, self.bins = period, bins
         self.width = period / bins
         self.done = np.zeros((0, signals, bins))  # mean of completed visits
-        self.visits = np.zeros((0, signals, bins))
+        self.visits = np.zeros((0, signals, bins), dtype=np.uint8)  # a count: 1/8 of the state
         self.open = np.zeros((0, 3, signals))  # the open visit: absolute bin number, sum, count
         self.residual = RunningStats(signals)
 
@@ -287,6 +287,10 @@ class AnomalyNormaliser:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether the target of this ``target_key`` is watched."""
+        return key in self._rows
+
     def rows_of(self, targets: Sequence[Mapping[str, str]]) -> np.ndarray:
         """State rows of these targets (-1 for one not watched)."""
         return np.array([self._rows.get(target_key(t), -1) for t in targets], dtype=np.int64)
@@ -331,10 +335,13 @@ class AnomalyNormaliser:
         return np.arange(len(keys))
 
     def include(self, targets: Sequence[Mapping[str, str]]) -> np.ndarray:
-        """Watch these targets too, dropping none; returns their state rows, in order."""
-        known = {target_key(t) for t in self._labels}
-        self.retain(self._labels + [t for t in targets if target_key(t) not in known])
-        return self.rows_of(targets)
+        """Watch these targets too, dropping none; returns their state rows, in order. Without a
+        new target the state is left as it is (``retain`` would copy all of it)."""
+        rows = self.rows_of(targets)
+        if (rows < 0).any():
+            self.retain(self._labels + [t for t, row in zip(targets, rows, strict=True) if row < 0])
+            rows = self.rows_of(targets)
+        return rows
 
     def _take(self, order: np.ndarray, inherited: np.ndarray) -> None:
         self._values.take(order)
@@ -513,7 +520,7 @@ def _take(array: np.ndarray, rows: np.ndarray, fill: float) -> np.ndarray:
     """``array[rows]`` along the first axis, ``fill`` where rows is -1 (or the array is empty)."""
     shape = (len(rows), *array.shape[1:])
     if not len(array):
-        return np.full(shape, fill)
+        return np.full(shape, fill, dtype=array.dtype)
     out = array[np.where(rows < 0, 0, rows)].copy()
     out[rows < 0] = fill
     return out

@@ -36,9 +36,11 @@ def replay(
     width = bundle.manifest.window_steps
     signals = normaliser.signals
     rows = normaliser.include(targets)
-    padding = np.full((len(targets), max(width - 1 - first, 0), len(signals)), np.nan)
-    padded = np.concatenate([padding, values], axis=1)
-    shift = padding.shape[1]
+    shift = max(width - 1 - first, 0)
+    padded = values  # a lead-in shorter than a window is padded with NaN: a copy, so only then
+    if shift:
+        padding = np.full((len(targets), shift, len(signals)), np.nan)
+        padded = np.concatenate([padding, values], axis=1)
     views = sliding_window_view(padded, width, axis=1)  # [targets, ends, signals, width]
     alive = np.isfinite(values[:, first:, :]).any(axis=2)  # [targets, steps]
     step_of, target_of = np.nonzero(alive.T)  # time order, then target
@@ -47,7 +49,7 @@ def replay(
         steps, who = step_of[begin : begin + chunk_rows] + first, target_of[begin : begin + chunk_rows]
         windows = views[who, steps + shift - (width - 1)].transpose(0, 2, 1)
         times = timestamps[steps]
-        scores = bundle.score(window_features(windows, signals), explain=False)
-        normaliser.evaluate(rows[who], windows, scores.raw_anomaly, times)
+        raw = bundle.raw_anomaly(window_features(windows, signals))
+        normaliser.evaluate(rows[who], windows, raw, times)
         done += len(steps)
     return done

@@ -23,7 +23,14 @@ from exporter.config import Settings, format_duration
 from exporter.features import absent_signals, frame_features, reporting
 from exporter.frame import Frame
 from exporter.models.bundle import BundleError, ModelBundle
-from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser, Evaluation, target_key, workload_by
+from exporter.models.normalize import (
+    EMBED_STEPS,
+    AnomalyNormaliser,
+    Evaluation,
+    TargetKey,
+    target_key,
+    workload_by,
+)
 from exporter.models.trend import time_to_limit
 from exporter.redact import first_line, mask
 from exporter.service.collector import SelfMetrics, SnapshotCollector
@@ -110,7 +117,9 @@ class Daemon:
             if read is not None and settings.anomaly.warmup > 0
             else None
         )
-        self._cold: set = set()  # first-seen targets waiting for a warm-up of their own
+        self._cold: set[TargetKey] = set()  # first-seen targets waiting for a warm-up of their own
+        self._warmed: set[TargetKey] = set()  # targets warmed or being warmed, of those watched
+        self._full = False  # the warm-up running (or run last) replays every target
         self._warmed_once = False
         self._explain_from = risk_floor(settings.explain_min_risk)
         self._dropped = 0
@@ -207,17 +216,44 @@ class Daemon:
         warmup = self._warmup
         if warmup is not None:
             self._adopt_warmup(normaliser, frame, bundle)
-            if not self._warmed_once or (self._cold and not warmup.running):
-                only, self._cold = (set(self._cold) if self._warmed_once else None), set()
-                if warmup.begin(lambda: self._new_normaliser(frame.signals, steps), bundle, only):
-                    self._warmed_once = True
-            self.metrics.warmup_running.set(int(warmup.running))
+            self._begin_warmup(warmup, frame, bundle, steps)
         evaluation = normaliser.cycle(frame.values, frame.targets, forest_raw, frame.end)
         if warmup is not None and self._warmed_once:
-            rows = normaliser.rows_of(frame.targets)
-            cold = (evaluation.history <= 1) & ~normaliser.inherited[rows]
-            self._cold.update(target_key(frame.targets[i]) for i in np.flatnonzero(cold))
+            self._note_cold(warmup, normaliser, frame, evaluation)
         return evaluation
+
+    def _begin_warmup(self, warmup: WarmUp, frame: Frame, bundle: ModelBundle, steps: int) -> None:
+        """The replay of every target once per normaliser, then one for the first-seen targets
+        waiting (``_cold``) whenever none runs. Each target is replayed at most once while it is
+        watched: ``_warmed`` holds those warmed or being warmed."""
+        make = lambda: self._new_normaliser(frame.signals, steps)  # noqa: E731
+        if not self._warmed_once:
+            if warmup.begin(make, bundle, targets=len(frame.targets)):
+                self._warmed_once, self._full, self._cold = True, True, set()
+                self._warmed = {target_key(t) for t in frame.targets}
+        elif self._cold and not warmup.running:
+            only, self._cold = self._cold - self._warmed, set()
+            if only and warmup.begin(make, bundle, only, targets=len(only)):
+                self._full = False
+                self._warmed |= only
+        self.metrics.warmup_running.set(int(warmup.running))
+
+    def _note_cold(
+        self, warmup: WarmUp, normaliser: AnomalyNormaliser, frame: Frame, evaluation: Evaluation
+    ) -> None:
+        """Targets that started with no statistics (not inherited, not warmed or being warmed)
+        wait for a warm-up of their own; while the replay of every target runs, it covers them,
+        as it reads every target up to its newest step."""
+        rows = normaliser.rows_of(frame.targets)
+        cold = (evaluation.history <= 1) & ~normaliser.inherited[rows]
+        new = {target_key(frame.targets[i]) for i in np.flatnonzero(cold)} - self._warmed
+        if self._full and warmup.running:
+            self._warmed |= new
+        else:
+            self._cold |= new
+        # A target no longer watched is forgotten (its statistics are): if it returns, it is new.
+        self._warmed = {key for key in self._warmed if key in normaliser}
+        self._cold = {key for key in self._cold if key in normaliser}
 
     def _new_normaliser(self, signals: tuple[str, ...], steps: int) -> AnomalyNormaliser:
         anomaly = self.settings.anomaly

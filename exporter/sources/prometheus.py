@@ -20,7 +20,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -312,14 +312,19 @@ def target_keys(result: Matrix, target_labels: Sequence[str]) -> tuple[list[Key 
 
 
 def align(
-    per_signal: Mapping[str, list[Series]], signals: Sequence[str], timestamps: np.ndarray, max_targets: int
+    per_signal: Mapping[str, list[Series]],
+    signals: Sequence[str],
+    timestamps: np.ndarray,
+    max_targets: int,
+    include: Collection[Key] = (),
 ) -> tuple[np.ndarray, list[tuple[str, ...]], set[str]]:
-    """Place every sample in a dense targets x time x signals array (NaN where absent).
+    """Place every sample in a dense targets x time x signals array (NaN where absent), with a
+    row also for each key of ``include`` (a target the caller holds earlier samples of).
 
     Returns the array, the sorted target keys and the signals that returned more
     than one series for a target (an aggregation that does not match target_labels).
     """
-    keys = sorted({s.key for series in per_signal.values() for s in series})[:max_targets]
+    keys = sorted({s.key for series in per_signal.values() for s in series} | set(include))[:max_targets]
     row = {key: i for i, key in enumerate(keys)}
     values = np.full((len(keys), len(timestamps), len(signals)), np.nan)
     step = timestamps[1] - timestamps[0] if len(timestamps) > 1 else 1.0
@@ -342,6 +347,7 @@ def align(
 
 
 MAX_POINTS = 11_000  # Prometheus refuses range queries with more points per series
+NARROW_MAX = 1_000  # targets a read narrows its queries to by name; beyond, it reads all and drops
 
 
 @dataclass(frozen=True)
@@ -367,22 +373,36 @@ def read_range(
     timestamps: np.ndarray,
     describe: Callable[[str], str] = str,
     sharded: bool = True,
+    only: Collection[Key] | None = None,
+    read_from: int = 0,
+    include: Collection[Key] = (),
 ) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-    """Every signal of every target (of this shard when ``sharded``) on the grid ``timestamps``,
-    one range query per signal: ``values[targets, time, signals]`` and the target keys. Raises
-    QueryFailed with the message "<describe(signal)> (<reason>): <error>"."""
+    """Every signal of every target (of this shard when ``sharded``; of ``only`` these when
+    given) on the grid ``timestamps``, one range query per signal: ``values[targets, time,
+    signals]`` and the target keys. Only ``timestamps[read_from:]`` is queried; the columns
+    before it are NaN, for the caller to fill from what it read before (a warm-up carries its
+    windows' lead-in from chunk to chunk, and asks for a row for each key of ``include``, as
+    ``align``). ``only`` narrows the queries through ``{selector}``
+    where the template has one (up to NARROW_MAX targets) and drops the other series in any
+    case. Raises QueryFailed with the message "<describe(signal)> (<reason>): <error>"."""
+    wanted = None if only is None else set(only)
+    narrow = wanted is not None and 0 < len(wanted) <= NARROW_MAX
+    selector = matcher(wanted, settings.target_labels) if narrow else ""
     per_signal = {}
-    for signal, query in settings.queries.items():
+    for signal, template in settings.signal_templates.items():
         try:
-            result = client.query_range(query, timestamps[0], timestamps[-1], settings.step)
+            query = settings.fill(template, selector)
+            result = client.query_range(query, timestamps[read_from], timestamps[-1], settings.step)
             series, _ = parse_series(result, settings.target_labels)
         except QueryFailed as exc:
             raise QueryFailed(exc.reason, f"{describe(signal)} ({exc.reason}): {exc}") from exc
         shard = settings.shard
         if sharded and shard.count > 1:
             series = [s for s in series if shard_of(s.key, shard.count) == shard.index]
+        if wanted is not None:
+            series = [s for s in series if s.key in wanted]
         per_signal[signal] = series
-    values, keys, _ = align(per_signal, tuple(settings.queries), timestamps, settings.max_targets)
+    values, keys, _ = align(per_signal, tuple(settings.queries), timestamps, settings.max_targets, include)
     return values, keys
 
 
@@ -690,10 +710,23 @@ class PrometheusSource:
                 errors.append((read.signal, QueryError(signal, "unparsable_samples", message), False))
         return errors
 
-    def read_history(self, timestamps: np.ndarray) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-        """Every signal on an earlier grid (the anomaly warm start); raises QueryFailed."""
+    def read_history(
+        self,
+        timestamps: np.ndarray,
+        only: Collection[Key] | None = None,
+        read_from: int = 0,
+        include: Collection[Key] = (),
+    ) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+        """Every signal on an earlier grid (the anomaly warm start), of every target or ``only``
+        these, queried from ``timestamps[read_from]`` on (see read_range); raises QueryFailed."""
         return read_range(
-            self._client, self._settings, timestamps, lambda signal: f"history of signal {signal!r}"
+            self._client,
+            self._settings,
+            timestamps,
+            lambda signal: f"history of signal {signal!r}",
+            only=only,
+            read_from=read_from,
+            include=include,
         )
 
     def close(self) -> None:

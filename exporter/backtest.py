@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from exporter.config import NAB_DIR_ENV
 from exporter.features import window_features
 from exporter.models.bundle import ModelBundle, Scores
 from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser
@@ -34,7 +35,6 @@ CHUNK_ROWS = 10_000
 FORMATS = ("csv", "nab")
 CSV_NAME = "backtest.csv"
 DEFAULT_DETECTOR = "failurePredictor"
-NAB_DIR_ENV = "FAILURE_PREDICTOR_NAB_DIR"
 # NAB files are single `timestamp,value` series of any unit; which signal they stand for is a
 # choice, not a fit: cpu is simply the first signal. Override with --signal-column value=...
 NAB_COLUMNS = {"value": "cpu"}

@@ -30,6 +30,9 @@ from pydantic import (
 from exporter.redact import SECRET, mask_url
 
 ENV_PREFIX = "FAILURE_PREDICTOR_"
+# Variables with the prefix that are not settings: where `backtest --nab` finds the NAB corpus.
+NAB_DIR_ENV = "FAILURE_PREDICTOR_NAB_DIR"
+NOT_SETTINGS = frozenset({NAB_DIR_ENV})
 # The bootstrap bundle ships inside the package (package data), so the default works from any directory.
 BOOTSTRAP_MODEL = Path(__file__).resolve().parent / "bootstrap_model"
 
@@ -423,7 +426,7 @@ def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
     """Overlay FAILURE_PREDICTOR_A__B=value onto raw["a"]["b"]; values parse as YAML scalars."""
     merged = dict(raw)
     for key, text in sorted(environ.items()):
-        if not key.startswith(ENV_PREFIX) or len(key) == len(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or len(key) == len(ENV_PREFIX) or key in NOT_SETTINGS:
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
         node = merged

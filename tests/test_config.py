@@ -196,6 +196,12 @@ def test_environment_overrides_the_file(tmp_path):
     assert settings.prometheus.timeout == 5.0  # sibling keys from the file survive
 
 
+def test_the_nab_corpus_variable_is_not_read_as_a_setting():
+    settings = load_settings(None, environ={"FAILURE_PREDICTOR_NAB_DIR": "/data/nab"})
+
+    assert settings == load_settings(None, environ={})
+
+
 def test_target_labels_from_the_environment_drive_the_aggregation():
     settings = load_settings(None, environ={"FAILURE_PREDICTOR_TARGET_LABELS": "[job, instance]"})
 

@@ -53,13 +53,19 @@ SIGNALS = ("cpu", "memory", "latency", "errors")
 END = (int(time.time()) // 86400 - 1) * 86400
 
 
-def write_openmetrics(targets: int, path: Path) -> None:
+def write_openmetrics(
+    targets: int,
+    path: Path,
+    steps: int = WINDOW + EXTRA_STEPS,
+    warmup: int = WARMUP_STEPS,
+    end: int = END + EXTRA_STEPS * STEP,
+) -> None:
     """N simulated pods (a few incidents, some signals absent, Kubernetes-like names) x 4 gauges
-    over WINDOW + EXTRA_STEPS steps ending at END + EXTRA_STEPS * STEP, after a warm-up."""
-    steps = WINDOW + EXTRA_STEPS
+    over ``steps`` steps ending at ``end``, after ``warmup`` simulated steps (so incidents are
+    under way); by default the first window and the incremental cycles' steps after it."""
     cluster = SimulatedCluster(targets=targets, seed=0, step=STEP)
-    values = cluster.advance(WARMUP_STEPS + steps)[:, -steps:]
-    stamps = [str(END - (WINDOW - 1 - i) * STEP) for i in range(steps)]
+    values = cluster.advance(warmup + steps)[:, -steps:]
+    stamps = [str(end - (steps - 1 - i) * STEP) for i in range(steps)]
     with path.open("w") as out:
         for column, signal in enumerate(SIGNALS):
             out.write(f"# TYPE sim_{signal} gauge\n")

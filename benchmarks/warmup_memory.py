@@ -32,7 +32,6 @@ from exporter.models.bundle import load_bundle  # noqa: E402
 from exporter.models.normalize import EMBED_STEPS, AnomalyNormaliser, null_forest  # noqa: E402
 from exporter.service.warmup import WarmUp  # noqa: E402
 from exporter.sources.prometheus import PrometheusSource  # noqa: E402
-from exporter.sources.simulate import SimulatedCluster  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -48,20 +47,7 @@ def backfilled(targets: int, steps: int, cache: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     openmetrics = workdir / "history.om"
     print(f"# backfilling {targets} pods x {steps} steps ...", file=sys.stderr, flush=True)
-    simulated = SimulatedCluster(targets=targets, seed=0, step=cycle.STEP)
-    values = simulated.advance(steps)
-    stamps = [str(cycle.END - (steps - 1 - i) * cycle.STEP) for i in range(steps)]
-    with openmetrics.open("w") as out:
-        for column, signal in enumerate(cycle.SIGNALS):
-            out.write(f"# TYPE sim_{signal} gauge\n")
-            for pod, target in enumerate(simulated.labels):
-                labels = f'sim_{signal}{{namespace="{target["namespace"]}",pod="{target["pod"]}"}} '
-                out.writelines(
-                    f"{labels}{v:.6g} {t}\n"
-                    for v, t in zip(values[pod, :, column].tolist(), stamps, strict=True)
-                    if v == v
-                )
-        out.write("# EOF\n")
+    cycle.write_openmetrics(targets, openmetrics, steps=steps, warmup=0, end=cycle.END)
     command = [
         promtool_bin(),
         "tsdb",

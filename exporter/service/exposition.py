@@ -106,15 +106,11 @@ def render_targets(snapshot: Snapshot, labels: Sequence[str], openmetrics: bool 
     yield from _header("anomaly_score", ANOMALY_HELP, openmetrics)
     yield from _samples("anomaly_score", blocks, "", snapshot.anomaly)
     yield from _header("failure_probability_contribution", CONTRIBUTION_HELP, openmetrics)
-    # Only targets at explain_min_risk or above are explained (SHAP is the costly part).
-    explained = np.flatnonzero(~np.isnan(snapshot.contribution).any(axis=1))
+    # Only targets at explain_min_risk or above are explained (SHAP is the costly part): the
+    # others' contributions are NaN, and absent.
     for column, signal in enumerate(signals):
-        rows = explained.tolist()
-        yield from _samples(
-            "failure_probability_contribution",
-            [blocks[row] for row in rows],
-            f'signal="{signal}"',
-            snapshot.contribution[explained, column],
+        yield from _present(
+            "failure_probability_contribution", blocks, f'signal="{signal}"', snapshot.contribution[:, column]
         )
     if snapshot.bands is not None:
         yield from _bands(snapshot.bands, blocks, openmetrics)
@@ -128,28 +124,24 @@ def _bands(bands: Bands, blocks: list[str], openmetrics: bool) -> Iterator[str]:
         yield from _header("signal_expected", EXPECTED_HELP, openmetrics)
         for column, signal in enumerate(signals):
             for index, bound in enumerate(BOUNDS):
-                values = bands.expected[:, column, index]
-                rows = np.flatnonzero(~np.isnan(values))
                 where = f'signal="{signal}",bound="{bound}"'
-                yield from _samples(
-                    "signal_expected",
-                    [blocks[row] for row in rows.tolist()],
-                    where,
-                    values[rows],
-                    BAND_DIGITS,
+                yield from _present(
+                    "signal_expected", blocks, where, bands.expected[:, column, index], BAND_DIGITS
                 )
     yield from _header("signal_time_to_limit_seconds", LIMIT_HELP, openmetrics)
     for column, signal in enumerate(signals):
-        values = bands.time_to_limit[:, column]
-        rows = np.flatnonzero(~np.isnan(values))
         where = f'signal="{signal}"'
-        yield from _samples(
-            "signal_time_to_limit_seconds",
-            [blocks[row] for row in rows.tolist()],
-            where,
-            values[rows],
-            BAND_DIGITS,
+        yield from _present(
+            "signal_time_to_limit_seconds", blocks, where, bands.time_to_limit[:, column], BAND_DIGITS
         )
+
+
+def _present(
+    name: str, blocks: list[str], extra: str, values: np.ndarray, digits: int | None = None
+) -> Iterator[str]:
+    """``_samples`` of the targets whose value is not NaN (a NaN sample is left out)."""
+    rows = np.flatnonzero(~np.isnan(values))
+    return _samples(name, [blocks[row] for row in rows.tolist()], extra, values[rows], digits)
 
 
 def _samples(

@@ -80,3 +80,30 @@ def test_busy_port_is_one_clear_error_before_any_table() -> None:
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use "
         "(another demo running? choose one with --port)"
     ]
+
+
+def test_connections_to_the_demo_socket_send_without_waiting_for_acks() -> None:
+    """asyncio turns Nagle off (TCP_NODELAY) only on sockets made with IPPROTO_TCP; without it,
+    every answer on a keep-alive connection after the first waited ~40 ms for a delayed ACK."""
+    import asyncio
+
+    from exporter.demo import listen
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=listen("127.0.0.1", free_port()))
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(seen, timeout=10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0

@@ -79,17 +79,24 @@ def write_openmetrics(
         out.write("# EOF\n")
 
 
-def backfilled(targets: int, cache: Path) -> Path:
-    """A Prometheus work dir whose data/ holds the backfill for ``targets`` (built once, then reused)."""
+def backfilled(
+    targets: int,
+    cache: Path,
+    steps: int = WINDOW + EXTRA_STEPS,
+    warmup: int = WARMUP_STEPS,
+    end: int = END + EXTRA_STEPS * STEP,
+) -> Path:
+    """A Prometheus work dir whose data/ holds ``write_openmetrics``' backfill for these
+    arguments (built once under ``cache``, then reused)."""
     from servers import promtool_bin
 
-    workdir = cache / f"prometheus-sim-{targets}-{END}"
+    workdir = cache / f"prometheus-sim-{targets}-{steps}-{warmup}-{end}"
     if (workdir / "data" / ".complete").exists():
         return workdir
     workdir.mkdir(parents=True, exist_ok=True)
     openmetrics = workdir / "history.om"
-    print(f"# backfilling {targets} pods ...", file=sys.stderr, flush=True)
-    write_openmetrics(targets, openmetrics)
+    print(f"# backfilling {targets} pods x {steps} steps ...", file=sys.stderr, flush=True)
+    write_openmetrics(targets, openmetrics, steps=steps, warmup=warmup, end=end)
     subprocess.run(
         [
             promtool_bin(),

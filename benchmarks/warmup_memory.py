@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ for path in (ROOT, ROOT / "tests", ROOT / "benchmarks"):
         sys.path.insert(0, str(path))
 
 import cycle  # noqa: E402
-from servers import PrometheusServer, promtool_bin  # noqa: E402
+from servers import PrometheusServer  # noqa: E402
 
 from exporter.config import BOOTSTRAP_MODEL, Settings  # noqa: E402
 from exporter.models.bundle import load_bundle  # noqa: E402
@@ -39,29 +38,6 @@ def rss_mb() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def backfilled(targets: int, steps: int, cache: Path) -> Path:
-    """A Prometheus work dir whose data/ holds ``steps`` steps of ``targets`` pods (built once)."""
-    workdir = cache / f"prometheus-warmup-{targets}-{steps}-{cycle.END}"
-    if (workdir / "data" / ".complete").exists():
-        return workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    openmetrics = workdir / "history.om"
-    print(f"# backfilling {targets} pods x {steps} steps ...", file=sys.stderr, flush=True)
-    cycle.write_openmetrics(targets, openmetrics, steps=steps, warmup=0, end=cycle.END)
-    command = [
-        promtool_bin(),
-        "tsdb",
-        "create-blocks-from",
-        "openmetrics",
-        str(openmetrics),
-        str(workdir / "data"),
-    ]
-    subprocess.run(command, check=True, capture_output=True)
-    openmetrics.unlink()
-    (workdir / "data" / ".complete").touch()
-    return workdir
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", type=int)
@@ -69,7 +45,8 @@ def main() -> None:
     parser.add_argument("--warmup", default="24h", help="anomaly.warmup")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/failure-predictor-bench"))
     args = parser.parse_args()
-    workdir = backfilled(args.targets, round(args.hours * 3600 / cycle.STEP), args.cache)
+    steps = round(args.hours * 3600 / cycle.STEP)
+    workdir = cycle.backfilled(args.targets, args.cache, steps=steps, warmup=0, end=cycle.END)
     with PrometheusServer(workdir) as prometheus:
         raw = cycle.settings_for(prometheus.url, args.targets, (0, 1)).model_dump(mode="json")
         raw["anomaly"]["warmup"] = args.warmup

@@ -121,13 +121,8 @@ def window_features(values: np.ndarray, signals: Sequence[str]) -> Features:
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         cross = _cross_signal(stat, values, signals)
     # feature_names' order: every signal's PER_SIGNAL, then the cross-signal features.
-    matrix = np.concatenate(
-        [
-            stats.reshape(rows, count * len(PER_SIGNAL)),
-            np.column_stack([*cross.values(), np.empty((rows, 0))]),
-        ],
-        axis=1,
-    )
+    cross_columns = np.column_stack(list(cross.values())) if cross else np.empty((rows, 0))
+    matrix = np.concatenate([stats.reshape(rows, count * len(PER_SIGNAL)), cross_columns], axis=1)
     return Features(values=missing_if_unusable(matrix), names=feature_names(signals))
 
 

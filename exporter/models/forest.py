@@ -204,7 +204,6 @@ class _Layout:
     feature: np.ndarray  # [trees * (2**depth - 1)] flat, tree t's internal node i at t * width + i
     threshold: np.ndarray  # float32: the largest float32 <= sklearn's float64 threshold
     path: np.ndarray  # [trees * 2**depth] leaf depth + c(samples) at the last level
-    n_features: int
 
     def path_sums(self, X: np.ndarray) -> np.ndarray:
         """Sum over trees of the path length of each row of float32 ``X``."""
@@ -241,7 +240,6 @@ def _complete_layout(forest: ArrayForest) -> _Layout:
         .ravel(),
         threshold=_float32_floor(threshold).ravel(),
         path=path.ravel(),
-        n_features=forest.n_features,
     )
 
 

@@ -150,20 +150,8 @@ def _samples(
     """One line per (target label block, value), ``extra`` the family's own labels; values in
     full precision, or ``digits`` significant digits."""
     texts = _go_floats(values, digits)
-    if extra:
-        yield "".join(
-            [
-                f"{name}{{{block},{extra}}} {text}\n" if block else f"{name}{{{extra}}} {text}\n"
-                for block, text in zip(blocks, texts, strict=True)
-            ]
-        )
-    else:
-        yield "".join(
-            [
-                f"{name}{{{block}}} {text}\n" if block else f"{name} {text}\n"
-                for block, text in zip(blocks, texts, strict=True)
-            ]
-        )
+    own = f",{extra}" if extra else ""  # target labels are never empty (validated in config)
+    yield "".join([f"{name}{{{block}{own}}} {text}\n" for block, text in zip(blocks, texts, strict=True)])
 
 
 def _go_floats(values: np.ndarray, digits: int | None = None) -> list[str]:

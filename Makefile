@@ -1,4 +1,4 @@
-.PHONY: demo test bootstrap-model benchmark lint chart-sync
+.PHONY: demo test bootstrap-model null-forest benchmark lint chart-sync
 
 # Install into .venv and run the daemon on a simulated cluster: http://127.0.0.1:9847/
 # Options go through ARGS: make demo ARGS="--cycles 5 --port 9900"
@@ -13,6 +13,10 @@ test:
 # Rebuild the shipped bootstrap model, package data of exporter (deterministic; ~4 min).
 bootstrap-model:
 	failure-predictor train --source simulate --out exporter/bootstrap_model --targets 96 --days 12 --seed 0
+
+# Rebuild the anomaly normaliser's shipped null forest (package data; deterministic, a test checks it).
+null-forest:
+	python3 -c "from exporter.models.normalize import NULL_FOREST, fit_null_forest; fit_null_forest().save(NULL_FOREST)"
 
 benchmark:
 	python3 benchmarks/cycle.py --targets 1000 10000

@@ -1,4 +1,8 @@
-"""The ``failure-predictor`` command: run, demo, train, check-config."""
+"""The ``failure-predictor`` command: run, demo, train, check-config.
+
+Training and backtest code is imported by its commands alone: it brings XGBoost,
+scikit-learn and pandas, which ``run`` does not need (~100 MB of a sidecar's memory).
+"""
 
 from __future__ import annotations
 
@@ -29,9 +33,6 @@ from exporter.service.api import make_server
 from exporter.service.daemon import Daemon, check_compatibility
 from exporter.service.reload import ModelWatcher
 from exporter.sources.prometheus import PrometheusSource
-from exporter.training.evaluate import format_report
-from exporter.training.history import HistoryError
-from exporter.training.incidents import IncidentsError
 
 EXIT_USAGE = 2
 
@@ -291,6 +292,8 @@ def _command_line() -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from exporter.training import workflow
+    from exporter.training.history import HistoryError
+    from exporter.training.incidents import IncidentsError
 
     logs.configure("warning")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -380,6 +383,8 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from exporter.training import workflow
+    from exporter.training.history import HistoryError
+    from exporter.training.incidents import IncidentsError
 
     logs.configure("warning")
     bundle = load_bundle(resolve(args.bundle))
@@ -395,6 +400,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def print_report(report: dict, as_json: bool, headline: str) -> None:
+    from exporter.training.evaluate import format_report
+
     if as_json:
         print(json.dumps(report, indent=2))
         return

@@ -247,3 +247,250 @@ def _median(row: np.ndarray, start: int, buffer: np.ndarray) -> float:
     if count == 0:
         return np.nan
     return (buffer[(count - 1) // 2] + buffer[count // 2]) / 2
+
+
+_EXACT_POWERS = np.array([10.0**k for k in range(23)])  # every one exact in a double
+_FAST_MANTISSA = 1 << 53  # below it a decimal mantissa is exact in a double
+
+
+@_compiled
+def matrix_samples(body: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple:
+    """The samples of a range-query answer's sample lists ``body[starts[i]:ends[i]]``, each
+    ``[[t,"v"],...]`` in Prometheus' layout, parsed in place (no copy of the text).
+
+    Returns ``(layout, counts, pairs, long_text, long_index, odd)``: whether every list has
+    that layout (if not, the caller decodes the answer generically); samples per series;
+    ``pairs`` [samples, 2] (t, v); the numbers this loop cannot round exactly itself (more
+    than 15-16 significant digits, a large exponent) as space-separated text and their flat
+    indices into ``pairs``, for numpy's correctly rounded parser; and ``odd`` [k, 3] (start,
+    end, flat index) of value strings that are not plain numbers, for ``float`` to judge."""
+    series = len(starts)
+    counts = np.zeros(series, np.int64)
+    for i in range(series):
+        opened = 0
+        for p in range(starts[i], ends[i]):
+            opened += body[p] == 91  # [
+        counts[i] = max(opened - 1, 0)
+    pairs = np.full((counts.sum(), 2), np.nan)
+    flat = pairs.reshape(-1)
+    long_text = np.empty(1024, np.uint8)
+    long_index = np.empty(64, np.int64)
+    odd = np.empty((0, 3), np.int64)
+    longs, text_size, odds, at = 0, 0, 0, 0  # at: flat index of the next timestamp
+    broken = (False, counts, pairs, long_text[:0], long_index[:0], odd)
+    for i in range(series):
+        p, stop = starts[i], ends[i]
+        if body[p] != 91:
+            return broken
+        p += 1
+        for s in range(counts[i]):
+            if s:
+                if body[p] != 44:  # ,
+                    return broken
+                p += 1
+            if p >= stop or body[p] != 91:
+                return broken
+            flat[at], end, kind = _number(body, p + 1, stop)
+            if kind == 2 or end + 1 >= stop or body[end] != 44 or body[end + 1] != 34:  # ,"
+                return broken
+            if kind == 1:
+                long_text, long_index, text_size = _kept(
+                    body, p + 1, end, at, long_text, long_index, text_size, longs
+                )
+                longs += 1
+            p = end + 2
+            close = p
+            while close < stop and body[close] != 34:  # the closing quote
+                if body[close] == 92:  # an escape: json's path reads it
+                    return broken
+                close += 1
+            if close + 1 >= stop or body[close + 1] != 93:  # "]
+                return broken
+            flat[at + 1], end, kind = _number(body, p, close)
+            if kind == 1 and end == close:
+                long_text, long_index, text_size = _kept(
+                    body, p, end, at + 1, long_text, long_index, text_size, longs
+                )
+                longs += 1
+            elif kind != 0 or end != close:
+                if odds == len(odd):
+                    grown = np.empty((2 * odds + 8, 3), np.int64)
+                    grown[:odds] = odd[:odds]
+                    odd = grown
+                odd[odds, 0], odd[odds, 1], odd[odds, 2] = p, close, at + 1
+                odds += 1
+            p = close + 2
+            at += 2
+        if p + 1 != stop or body[p] != 93:
+            return broken
+    return True, counts, pairs, long_text[:text_size], long_index[:longs], odd[:odds]
+
+
+@_compiled
+def _kept(
+    body: np.ndarray,
+    start: int,
+    end: int,
+    index: int,
+    text: np.ndarray,
+    indices: np.ndarray,
+    size: int,
+    count: int,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``body[start:end]`` and a space appended to ``text`` at ``size``, ``index`` to ``indices``
+    at ``count`` (both grown when full)."""
+    if size + end - start + 1 > len(text):
+        grown = np.empty(2 * (size + end - start + 1), np.uint8)
+        grown[:size] = text[:size]
+        text = grown
+    if count == len(indices):
+        more = np.empty(2 * count, np.int64)
+        more[:count] = indices
+        indices = more
+    text[size : size + end - start] = body[start:end]
+    text[size + end - start] = 32
+    indices[count] = index
+    return text, indices, size + end - start + 1
+
+
+@_compiled
+def _number(body: np.ndarray, p: int, stop: int) -> tuple[float, int, int]:
+    """(value, end, kind) of the JSON number at ``body[p:stop]`` (also Prometheus' ``NaN``,
+    ``+Inf``, ``-Inf``): kind 0, exact here; 1, a number this loop cannot round exactly (more
+    than 15-16 significant digits, a large exponent); 2, not a JSON number."""
+    start = p
+    if stop - p >= 3 and body[p] == 78 and body[p + 1] == 97 and body[p + 2] == 78:  # NaN
+        return np.nan, p + 3, 0
+    infinite = stop - p >= 4 and (body[p] == 43 or body[p] == 45) and body[p + 1] == 73  # +I -I
+    if infinite and body[p + 2] == 110 and body[p + 3] == 102:  # nf
+        return (-np.inf if body[p] == 45 else np.inf), p + 4, 0
+    negative = p < stop and body[p] == 45  # -
+    if negative:
+        p += 1
+    mantissa, digits, decimals, integer_digits = 0, 0, 0, 0
+    exact = True
+    while p < stop and 48 <= body[p] <= 57:
+        integer_digits += 1
+        mantissa, digits, exact = _digit(mantissa, digits, exact, np.int64(body[p]) - 48)
+        p += 1
+    if integer_digits == 0 or (integer_digits > 1 and body[p - integer_digits] == 48):
+        return np.nan, start, 2  # JSON: at least one digit, no leading zero
+    if p < stop and body[p] == 46:  # .
+        p += 1
+        if p >= stop or not 48 <= body[p] <= 57:
+            return np.nan, start, 2
+        while p < stop and 48 <= body[p] <= 57:
+            mantissa, digits, exact = _digit(mantissa, digits, exact, np.int64(body[p]) - 48)
+            decimals += 1
+            p += 1
+    exponent = 0
+    if p < stop and (body[p] == 101 or body[p] == 69):  # e E
+        p += 1
+        sign = 1
+        if p < stop and (body[p] == 43 or body[p] == 45):
+            sign = -1 if body[p] == 45 else 1
+            p += 1
+        if p >= stop or not 48 <= body[p] <= 57:
+            return np.nan, start, 2
+        while p < stop and 48 <= body[p] <= 57:
+            exponent = min(exponent * 10 + (np.int64(body[p]) - 48), 100_000)
+            p += 1
+        exponent *= sign
+    power = exponent - decimals
+    if not exact or mantissa > _FAST_MANTISSA or not -22 <= power <= 22:
+        return np.nan, p, 1
+    value = float(mantissa)
+    value = value * _EXACT_POWERS[power] if power >= 0 else value / _EXACT_POWERS[-power]
+    return (-value if negative else value), p, 0
+
+
+@_compiled
+def _digit(mantissa: int, digits: int, exact: bool, digit: int) -> tuple[int, int, bool]:
+    """One more decimal digit of a mantissa: an int64 holds any 18 (leading zeros are free)."""
+    if digits >= 18:
+        return mantissa, digits, False
+    mantissa = mantissa * 10 + digit
+    return mantissa, digits + (mantissa != 0), exact
+
+
+_METRIC = np.frombuffer(b'{"metric":', np.uint8)
+_VALUES = np.frombuffer(b',"values":[', np.uint8)
+_BLOCK_END = np.frombuffer(b"]]}", np.uint8)
+
+
+@_compiled
+def matrix_layout(body: np.ndarray, start: int) -> tuple:
+    """Where each series of a range-query answer is, from ``start`` (just inside ``"result":[``):
+    ``(layout, labels, starts, ends)`` with the series' label objects as one JSON array text
+    and each sample list's ``[starts[i], ends[i])``. ``layout`` is False when the answer is not
+    in Prometheus' own layout (``{"metric":{...},"values":[[...]]}`` joined by commas); a
+    quote inside a label value is escaped, so these markers cannot occur inside one."""
+    size = len(body)
+    labels = np.empty(1024, np.uint8)
+    labels[0] = 91  # [
+    used = 1
+    starts = np.empty(64, np.int64)
+    ends = np.empty(64, np.int64)
+    series = 0
+    broken = (False, labels[:0], starts[:0], ends[:0])
+    p = start
+    if p < size and body[p] == 93:  # ]: no series
+        labels[1] = 93
+        return True, labels[:2], starts[:0], ends[:0]
+    while True:
+        if not _at(body, p, _METRIC):
+            return broken
+        values = _find(body, p + len(_METRIC), _VALUES)
+        if values < 0:
+            return broken
+        end = _find(body, values + len(_VALUES), _BLOCK_END)
+        if end < 0:
+            return broken
+        need = used + values - p - len(_METRIC) + 2
+        if need > len(labels):
+            grown = np.empty(2 * need, np.uint8)
+            grown[:used] = labels[:used]
+            labels = grown
+        if series:
+            labels[used] = 44  # ,
+            used += 1
+        labels[used : used + values - p - len(_METRIC)] = body[p + len(_METRIC) : values]
+        used += values - p - len(_METRIC)
+        if series == len(starts):
+            more_starts = np.empty(2 * series, np.int64)
+            more_ends = np.empty(2 * series, np.int64)
+            more_starts[:series] = starts
+            more_ends[:series] = ends
+            starts, ends = more_starts, more_ends
+        starts[series] = values + len(_VALUES) - 1
+        ends[series] = end + 2
+        series += 1
+        p = end + len(_BLOCK_END)
+        if p >= size:
+            return broken
+        if body[p] == 93:  # ]
+            break
+        if body[p] != 44:  # ,
+            return broken
+        p += 1
+    labels[used] = 93
+    return True, labels[: used + 1], starts[:series], ends[:series]
+
+
+@_compiled
+def _at(body: np.ndarray, p: int, marker: np.ndarray) -> bool:
+    if p + len(marker) > len(body):
+        return False
+    for k in range(len(marker)):  # noqa: SIM110 - numba compiles this loop, not all() of a generator
+        if body[p + k] != marker[k]:
+            return False
+    return True
+
+
+@_compiled
+def _find(body: np.ndarray, p: int, marker: np.ndarray) -> int:
+    first = marker[0]
+    for q in range(p, len(body) - len(marker) + 1):
+        if body[q] == first and _at(body, q, marker):
+            return q
+    return -1

@@ -13,6 +13,8 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+import xgboost as xgb
+
 from exporter.models.bundle import MANIFEST, ModelBundle, manifest_digest, sha256
 from exporter.sources.simulate import History, simulate_history
 from exporter.training.dataset import Dataset, TrainingOptions, build_dataset
@@ -41,6 +43,13 @@ def train_tiny_bundle() -> Tiny:
     dataset = build_dataset(history.frame, history.failed, OPTIONS)
     bundle = train_bundle(dataset, history.frame.signals, STEP, OPTIONS, "trained", {"source": "tests"})
     return Tiny(bundle=bundle, history=history, dataset=dataset)
+
+
+def booster_of(bundle: ModelBundle) -> xgb.Booster:
+    """XGBoost's own booster for a bundle's trees: the reference its served trees must match."""
+    booster = xgb.Booster(params={"nthread": 1})
+    booster.load_model(bytearray(bundle.classifier_model))
+    return booster
 
 
 class Payload:

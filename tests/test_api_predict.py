@@ -114,7 +114,7 @@ def test_explanations_add_up_to_the_margin(url, frame, tiny):
         )
         # The probability comes from XGBoost's float32 margin, the explanation's margin from the sum
         # of float32 SHAP values: they agree to ~1e-6 relative, not bit for bit.
-        assert float(tiny.bundle.classifier.calibrate(np.float32(margin))) == pytest.approx(
+        assert float(tiny.bundle.calibrate(np.float32(margin))) == pytest.approx(
             answer["failure_probability"], rel=1e-5
         )
         contributions = [abs(f["contribution"]) for f in features]

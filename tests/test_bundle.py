@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import Payload, Tiny, plant_pickle, resign_manifest
+import xgboost as xgb
+from helpers import Payload, Tiny, booster_of, plant_pickle, resign_manifest
 
 from exporter import cli
 from exporter.features import Features, window_features
@@ -150,7 +151,36 @@ def test_checksum_that_matches_a_foreign_file_still_fails_on_load(copy):
     manifest["files"][CLASSIFIER_FILE] = sha256(copy / CLASSIFIER_FILE)
     resign_manifest(copy, files=manifest["files"])
 
-    with pytest.raises(BundleError, match=r"classifier\.ubj: XGBoost cannot load it"):
+    with pytest.raises(BundleError, match=r"classifier\.ubj: not an XGBoost model file \(UBJSON\)"):
+        load_bundle(copy)
+
+
+def _self_referencing_root(model: bytes) -> bytes:
+    """The first tree's root made its own left child: a walk that trusted it would never end."""
+    header = model.index(b"left_children[$l#") + len(b"left_children[$l#")
+    data = header + 1 + {b"i": 1, b"U": 1, b"I": 2, b"l": 4, b"L": 8}[model[header : header + 1]]
+    return model[:data] + (0).to_bytes(4, "big") + model[data + 4 :]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda model: model[: len(model) // 2], "not an XGBoost model file"),
+        (lambda model: b"[" * 100_000, "nested deeper than 64"),
+        (lambda model: b"[#L" + (1 << 62).to_bytes(8, "big") + b"Z", "more than the bytes left"),
+        (lambda model: b"[$Z#L" + (1 << 62).to_bytes(8, "big"), "more than the bytes left"),
+        (lambda model: b"{L" + (1 << 62).to_bytes(8, "big"), "the data ends first"),
+        (_self_referencing_root, "children do not follow their parent"),
+    ],
+    ids=["truncated", "deep", "huge-count", "huge-null-count", "huge-key", "cycle"],
+)
+def test_a_hostile_classifier_file_is_refused_without_hanging(copy, damage, message):
+    path = copy / CLASSIFIER_FILE
+    path.write_bytes(damage(path.read_bytes()))
+    manifest = json.loads((copy / MANIFEST).read_text())
+    resign_manifest(copy, files=manifest["files"] | {CLASSIFIER_FILE: sha256(path)})
+
+    with pytest.raises(BundleError, match=rf"classifier\.ubj: .*{message}"):
         load_bundle(copy)
 
 
@@ -278,9 +308,11 @@ def test_saving_over_an_existing_bundle_replaces_it(tiny, tmp_path):
 
 def test_failed_save_leaves_no_temp_dir_and_keeps_the_old_bundle(tiny, saved, tmp_path):
     target = Path(shutil.copytree(saved, tmp_path / "bundle"))
-    broken = ModelBundle(manifest=tiny.bundle.manifest, classifier=object(), detector=tiny.bundle.detector)
+    broken = ModelBundle(
+        manifest=tiny.bundle.manifest, classifier_model=object(), detector=tiny.bundle.detector
+    )
 
-    with pytest.raises(AttributeError):
+    with pytest.raises(TypeError):
         save_bundle(broken, target)
 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bundle"]
@@ -296,21 +328,21 @@ def test_probabilities_are_in_the_unit_interval(tiny, rows):
 
 
 def test_calibration_is_monotone_in_the_margin(tiny, rows):
-    classifier = tiny.bundle.classifier
+    bundle = tiny.bundle
 
-    assert np.all(np.diff(classifier.calibrate(np.linspace(-15, 15, 301))) > 0)
-    margin = classifier.margin(rows.values)
+    assert np.all(np.diff(bundle.calibrate(np.linspace(-15, 15, 301))) > 0)
+    margin = bundle.explainer.margin(rows.values)
     order = np.argsort(margin, kind="stable")
-    assert np.all(np.diff(classifier.predict_proba(rows.values)[order]) >= 0)
+    assert np.all(np.diff(bundle.predict_proba(rows.values)[order]) >= 0)
 
 
 def test_shap_contributions_with_the_bias_sum_to_the_margin(tiny, rows):
     scores = tiny.bundle.score(rows)
 
     assert scores.contributions.shape == (len(rows.values), len(rows.names) + 1)
-    np.testing.assert_allclose(
-        scores.contributions.sum(axis=1), tiny.bundle.classifier.margin(rows.values), rtol=1e-4, atol=1e-4
-    )
+    margin = booster_of(tiny.bundle).predict(xgb.DMatrix(rows.values), output_margin=True)
+
+    np.testing.assert_allclose(scores.contributions.sum(axis=1), margin, rtol=1e-4, atol=1e-4)
 
 
 def test_signal_contributions_regroup_every_feature(tiny, rows):

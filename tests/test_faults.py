@@ -34,6 +34,7 @@ import xgboost as xgb
 import yaml
 from apiserver import app_server, serving
 from certs import Authority
+from helpers import booster_of
 from prometheus_client.parser import text_string_to_metric_families
 from servers import (
     TEST_SPEED,
@@ -165,7 +166,7 @@ class NativeFailure:
     signals = ("memory",)
 
     def __init__(self, bundle: ModelBundle) -> None:
-        self._booster = bundle.classifier.booster_
+        self._booster = booster_of(bundle)
 
     def fetch(self) -> Any:
         width = self._booster.num_features()

@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servers import PrometheusServer
 from workload import Workload
 
@@ -61,3 +63,42 @@ def test_other_layouts_take_the_generic_path(answer: bytes) -> None:
     spaced = json.dumps(json.loads(answer), indent=1).encode()
     assert decode_matrix(spaced) is None
     assert generic(spaced).labels == generic(answer).labels
+
+
+_VALUE = st.one_of(
+    st.floats(allow_nan=False).map(repr),  # shortest round-trip digits: up to 17 significant
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda v: f"{v:.6g}"),
+    st.integers(-(10**25), 10**25).map(str),
+    st.sampled_from(["NaN", "+Inf", "-Inf", "-0", "0.000000000000000000000123", "1e400", "1E-5"]),
+    st.sampled_from([" 1", "1_0", "infinity", "not-a-number", "1.", ".5", "0x10"]),  # float() decides
+)
+_TIMESTAMP = st.one_of(st.integers(0, 2**40), st.floats(0, 2e9).map(lambda t: round(t, 3)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+            st.lists(st.tuples(_TIMESTAMP, _VALUE), min_size=1, max_size=6),
+        ),
+        max_size=8,
+    )
+)
+def test_fast_decoding_equals_json_decoding_of_any_answer(series) -> None:
+    result = [
+        {"metric": labels, "values": [list(sample) for sample in samples]} for labels, samples in series
+    ]
+    body = json.dumps(
+        {"status": "success", "data": {"resultType": "matrix", "result": result}}, separators=(",", ":")
+    ).encode()
+
+    fast, slow = decode_matrix(body), generic(body)
+
+    assert fast is not None or "\\" in body.decode(), "only escapes leave Prometheus' layout here"
+    if fast is not None:
+        assert fast.labels == slow.labels and fast.unparsable == slow.unparsable
+        np.testing.assert_array_equal(fast.offsets, slow.offsets)
+        np.testing.assert_array_equal(fast.timestamps, slow.timestamps)
+        np.testing.assert_array_equal(fast.values, slow.values)
+        np.testing.assert_array_equal(np.signbit(fast.values), np.signbit(slow.values))

@@ -13,13 +13,16 @@ from numpy.lib.stride_tricks import sliding_window_view
 from exporter.backtest import NAB_COLUMNS, NAB_DIR_ENV, nab_dir, score_rows
 from exporter.config import BOOTSTRAP_MODEL
 from exporter.models.bundle import load_bundle
+from exporter.models.forest import ArrayForest
 from exporter.models.normalize import (
     BURST_STEPS,
     EMBED_STEPS,
     MIN_STEPS,
+    NULL_FOREST,
     SETTLED_STEPS,
     AnomalyNormaliser,
     RunningStats,
+    fit_null_forest,
 )
 from exporter.sources.files import read_recording
 
@@ -152,3 +155,12 @@ def test_backtest_scores_of_a_nab_file_do_not_depend_on_later_rows(tmp_path: Pat
     part = np.concatenate([s.anomaly for _, s in score_rows(read_recording(cut, NAB_COLUMNS), bundle, 1700)])
     np.testing.assert_allclose(part, full[:4000], rtol=1e-9, atol=1e-12)
     assert (full[:4000] > 0.5).any()
+
+
+def test_the_shipped_null_forest_is_the_fit_it_claims_to_be() -> None:
+    shipped = ArrayForest.load(NULL_FOREST).to_arrays()
+    fitted = fit_null_forest(EMBED_STEPS).to_arrays()
+
+    assert shipped.keys() == fitted.keys()
+    for name, array in fitted.items():
+        np.testing.assert_array_equal(shipped[name], array, err_msg=name)

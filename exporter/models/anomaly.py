@@ -7,7 +7,8 @@ standard deviations out reads 0.95, which is a number an operator can alert on.
 A plain rank would not do: half of all healthy windows would read above 0.5.
 
 pyod fits the forest; what is kept and served is an ``ArrayForest`` (models/forest.py)
-with the same scores, which saves as plain arrays and scores a row in microseconds.
+with the same scores, which saves as plain arrays and scores a row in microseconds. pyod
+is imported by ``fit`` alone: serving never fits, and pyod brings scikit-learn (~75 MB).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pyod.models.iforest import IForest
 from scipy.special import erf
 
 from exporter.models.forest import ArrayForest, ForestError
@@ -37,6 +37,8 @@ class AnomalyDetector:
         self.n_jobs = n_jobs
 
     def fit(self, X: np.ndarray) -> AnomalyDetector:
+        from pyod.models.iforest import IForest
+
         with np.errstate(all="ignore"):
             fill = (
                 np.nanmedian(np.where(np.isfinite(X), X, np.nan), axis=0) if len(X) else np.zeros(X.shape[1])

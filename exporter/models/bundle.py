@@ -3,7 +3,8 @@
 Layout: ``manifest.json`` (format version, features in order, horizon, window
 shape, calibration, training window, metrics, library versions, sha256 of every
 file, and ``digest``: the sha256 of all the other fields), ``classifier.ubj``
-(XGBoost's native format) and ``detector.npz`` (the Isolation Forest and its
+(XGBoost's native format, read here without XGBoost: serving never imports it, nor
+scikit-learn) and ``detector.npz`` (the Isolation Forest and its
 imputation values as plain arrays, models/forest.py).
 
 Every file is data: nothing in a bundle can run code when it is loaded (no
@@ -29,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xgboost as xgb
 
 from exporter.features import Features, feature_names, select, signal_weights
+from exporter.models import ubjson
 from exporter.models.anomaly import AnomalyDetector
-from exporter.models.classifier import FailureClassifier
+from exporter.models.calibration import platt
 from exporter.models.forest import ForestError
 from exporter.models.staging import discard_staging, done_with, make_staging
 from exporter.models.treeshap import TreeShap, TreeShapError
@@ -85,13 +86,21 @@ class Scores:
 @dataclass(frozen=True)
 class ModelBundle:
     manifest: Manifest
-    classifier: FailureClassifier
+    classifier_model: bytes  # the classifier's trees as XGBoost writes them (classifier.ubj)
     detector: AnomalyDetector
 
     @cached_property
     def explainer(self) -> TreeShap:
-        """Exact SHAP tables of the classifier's trees, built once per bundle (~0.2 s)."""
-        return TreeShap.from_booster(self.classifier.booster_)
+        """The classifier's trees and their exact SHAP tables, built once per bundle (~0.2 s)."""
+        return TreeShap.from_model(ubjson.loads(self.classifier_model))
+
+    def calibrate(self, margin: np.ndarray) -> np.ndarray:
+        """The trees' margin as a calibrated probability (the manifest's Platt parameters)."""
+        return platt(margin, self.manifest.calibration)
+
+    def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+        """Calibrated P(failure within the horizon) of rows in the manifest's feature order."""
+        return self.calibrate(self.explainer.margin(matrix))
 
     @cached_property
     def signal_weights(self) -> np.ndarray:
@@ -109,7 +118,7 @@ class ModelBundle:
         """
         matrix = select(features, self.manifest.features)
         margin = self.explainer.margin(matrix)  # XGBoost's margin without its ~1 ms fixed cost per call
-        probability = self.classifier.calibrate(margin)
+        probability = self.calibrate(margin)
         contributions = np.full((len(matrix), len(self.manifest.features) + 1), np.nan)
         rows = np.flatnonzero(probability >= explain_from) if explain else np.empty(0, dtype=np.intp)
         if len(rows):
@@ -158,7 +167,7 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:  # from the staging dir's creation on: a signal may interrupt any line
         staging = make_staging(target)
-        bundle.classifier.booster_.save_model(staging / CLASSIFIER_FILE)
+        (staging / CLASSIFIER_FILE).write_bytes(bundle.classifier_model)
         bundle.detector.save(staging / DETECTOR_FILE)
         files = {name: sha256(staging / name) for name in (CLASSIFIER_FILE, DETECTOR_FILE)}
         manifest = json.loads(json.dumps(asdict(bundle.manifest) | {"files": files, "digest": ""}))
@@ -206,13 +215,12 @@ def load_bundle(directory: str | Path) -> ModelBundle:
             f"{list(manifest.signals)}; missing here {sorted(set(manifest.features) - set(expected))}, "
             f"new here {sorted(set(expected) - set(manifest.features))}. Retrain the model."
         )
-    classifier = _load_classifier(root, manifest)
-    detector = _load_detector(root, manifest)
-    bundle = ModelBundle(manifest=manifest, classifier=classifier, detector=detector)
-    try:
-        bundle.explainer  # noqa: B018 - built here, so no request or cycle waits for it
-    except TreeShapError as exc:
-        raise BundleError(f"{root / CLASSIFIER_FILE}: cannot be explained: {exc}") from None
+    bundle = ModelBundle(
+        manifest=manifest,
+        classifier_model=(root / CLASSIFIER_FILE).read_bytes(),
+        detector=_load_detector(root, manifest),
+    )
+    _check_classifier(root, bundle)
     return bundle
 
 
@@ -264,21 +272,19 @@ def _verify_file(root: Path, name: str, files: dict[str, str]) -> None:
         )
 
 
-def _load_classifier(root: Path, manifest: Manifest) -> FailureClassifier:
-    booster = xgb.Booster(params={"nthread": 1})  # predictable in a CPU-limited sidecar
+def _check_classifier(root: Path, bundle: ModelBundle) -> None:
+    """Build the trees now (so no request or cycle waits for them) and check they fit the manifest."""
+    path = root / CLASSIFIER_FILE
     try:
-        booster.load_model(root / CLASSIFIER_FILE)
-    except xgb.core.XGBoostError as exc:
-        raise BundleError(f"{root / CLASSIFIER_FILE}: XGBoost cannot load it: {exc}") from None
-    if booster.num_features() != len(manifest.features):
+        trees = bundle.explainer
+    except ubjson.UBJSONError as exc:
+        raise BundleError(f"{path}: not an XGBoost model file (UBJSON): {exc}") from None
+    except TreeShapError as exc:
+        raise BundleError(f"{path}: cannot be explained: {exc}") from None
+    if trees.n_features != len(bundle.manifest.features):
         raise BundleError(
-            f"{root / CLASSIFIER_FILE}: model takes {booster.num_features()} features, "
-            f"manifest lists {len(manifest.features)}"
+            f"{path}: model takes {trees.n_features} features, manifest lists {len(bundle.manifest.features)}"
         )
-    classifier = FailureClassifier()
-    classifier.booster_ = booster
-    classifier.calibration_ = manifest.calibration
-    return classifier
 
 
 def _load_detector(root: Path, manifest: Manifest) -> AnomalyDetector:

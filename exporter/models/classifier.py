@@ -18,6 +18,8 @@ import numpy as np
 import xgboost as xgb
 from sklearn.linear_model import LogisticRegression
 
+from exporter.models.calibration import platt
+
 
 class FailureClassifier:
     """Estimator contract: ``fit(X, y, X_cal, y_cal)``; afterwards ``booster_`` and
@@ -81,20 +83,11 @@ class FailureClassifier:
         return self.calibrate(self.margin(X))
 
     def calibrate(self, margin: np.ndarray) -> np.ndarray:
-        slope, intercept = self.calibration_
-        return 1.0 / (1.0 + np.exp(-(slope * margin + intercept)))
+        return platt(margin, self.calibration_)
 
-    def contributions(self, X: np.ndarray) -> np.ndarray:
-        """SHAP values on the margin: ``[rows, features + 1]``, the last column the bias.
-
-        Each row sums to the margin, so the explanation is exact for the trees;
-        the calibration is a monotone map on top of it.
-        """
-        # XGBoost returns a flat array for zero rows; keep the 2-D shape so an empty
-        # window (every target gone) scores to an empty snapshot instead of failing.
-        return self.booster_.predict(xgb.DMatrix(X, nthread=1), pred_contribs=True).reshape(
-            len(X), X.shape[1] + 1
-        )
+    def model_bytes(self) -> bytes:
+        """The trees in XGBoost's native UBJSON format, what a bundle keeps (classifier.ubj)."""
+        return bytes(self.booster_.save_raw("ubj"))
 
     def importance(self, features: int) -> np.ndarray:
         """Total gain per feature, normalised to sum to 1 (0 for features never split on)."""

@@ -59,9 +59,9 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from pyod.models.iforest import IForest
 from scipy import special
 
 from exporter.models.forest import ArrayForest
@@ -86,10 +86,25 @@ TargetKey = tuple[tuple[str, str], ...]
 WorkloadOf = Callable[[Mapping[str, str]], object]
 
 
+# fit_null_forest(EMBED_STEPS), shipped (`make null-forest`; a test checks it is that fit)
+NULL_FOREST = Path(__file__).with_name(f"null_forest_{EMBED_STEPS}.npz")
+
+
 @functools.cache
 def null_forest(steps: int = EMBED_STEPS) -> ArrayForest:
+    """The null forest for windows of ``steps`` samples: the shipped file for the default
+    window, so serving imports neither pyod nor scikit-learn (~75 MB); fitted here for a
+    shorter window (a lookback under ``EMBED_STEPS`` steps)."""
+    if steps == EMBED_STEPS:
+        return ArrayForest.load(NULL_FOREST)
+    return fit_null_forest(steps)
+
+
+def fit_null_forest(steps: int = EMBED_STEPS) -> ArrayForest:
     """Isolation Forest fitted on independent standard-normal windows of ``steps`` samples, as
-    arrays: every cycle scores all targets x signals in one numpy pass (models/forest.py)."""
+    arrays: every cycle scores all targets x signals in one pass (models/forest.py)."""
+    from pyod.models.iforest import IForest
+
     rng = np.random.default_rng(SEED)
     fitted = IForest(n_estimators=100, max_samples=256, random_state=SEED).fit(
         rng.standard_normal((NULL_ROWS, steps))
@@ -97,7 +112,7 @@ def null_forest(steps: int = EMBED_STEPS) -> ArrayForest:
     return ArrayForest.from_sklearn(fitted.detector_)
 
 
-def forest_score(forest: IForest, windows: np.ndarray) -> np.ndarray:
+def forest_score(forest: ArrayForest, windows: np.ndarray) -> np.ndarray:
     """The one place a forest is evaluated: raw outlier score of each row of ``windows``."""
     return forest.decision_function(windows)
 

@@ -22,12 +22,11 @@ to XGBoost's margin. Inputs are compared as float32 (``x < split`` goes left), a
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import xgboost as xgb
 
 from exporter.kernels import heap_leaf_sums, leaf_shap
 
@@ -35,7 +34,8 @@ MAX_PATH_FEATURES = 6  # tables grow as 2**m per leaf; the shipped trees need 4
 
 
 class TreeShapError(ValueError):
-    """A booster this module cannot explain (categorical splits, deep paths, other objectives)."""
+    """A model this module cannot explain (categorical splits, deep paths, other objectives) or
+    that is not a valid XGBoost tree model at all."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,15 +57,16 @@ class TreeShap:
     heap: HeapTrees  # the same trees for the margin: a walk per tree instead of every leaf's test
 
     @classmethod
-    def from_booster(cls, booster: xgb.Booster) -> TreeShap:
-        model = json.loads(booster.save_raw("json"))["learner"]
-        if model["objective"]["name"] not in ("binary:logistic", "binary:logitraw", "reg:squarederror"):
-            raise TreeShapError(f"objective {model['objective']['name']} is not supported")
-        base = float(model["learner_model_param"]["base_score"].strip("[]"))
-        if model["objective"]["name"] == "binary:logistic":
-            base = math.log(base / (1.0 - base))
-        n_features = int(model["learner_model_param"]["num_feature"])
-        trees = model["gradient_booster"]["model"]["trees"]
+    def from_model(cls, model: Any) -> TreeShap:
+        """From XGBoost's model document (``ubjson.loads`` of a ``.ubj`` file, or
+        ``json.loads(booster.save_raw("json"))``), checked so a hostile file cannot loop or
+        allocate without bound."""
+        try:
+            base, n_features, trees = _checked_model(model)
+        except TreeShapError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise TreeShapError(f"not an XGBoost tree model ({type(exc).__name__}: {exc})") from None
         leaves = [leaf for tree in trees for leaf in _leaf_paths(tree)]
         width = max(1, max(len(path) for _, _, path in leaves))
         if width > MAX_PATH_FEATURES:
@@ -170,6 +171,51 @@ class HeapTrees:
                 default_left[t, at - 1] = bool(tree["default_left"][node])
                 stack += [(left[node], 2 * at), (right[node], 2 * at + 1)]
         return cls(depth, feature.ravel(), threshold.ravel(), default_left.ravel(), value.ravel())
+
+
+def _checked_model(model: Any) -> tuple[float, int, list[dict]]:
+    """The base margin, feature count and trees of a binary tree model; raises on anything else."""
+    learner = model["learner"]
+    objective = learner["objective"]["name"]
+    if objective not in ("binary:logistic", "binary:logitraw", "reg:squarederror"):
+        raise TreeShapError(f"objective {objective} is not supported")
+    parameters = learner["learner_model_param"]
+    base = float(str(parameters["base_score"]).strip("[]"))
+    if objective == "binary:logistic":
+        base = math.log(base / (1.0 - base))
+    n_features = int(parameters["num_feature"])
+    trees = [_checked_tree(tree, n_features) for tree in learner["gradient_booster"]["model"]["trees"]]
+    if not trees or not math.isfinite(base) or n_features < 1:
+        raise ValueError("no trees, or a base score or feature count out of range")
+    return base, n_features, trees
+
+
+def _checked_tree(tree: dict, n_features: int) -> dict:
+    """A tree whose arrays agree in length and whose children come after their parent (as
+    XGBoost numbers them), so every walk ends; split features within ``n_features``."""
+    left = np.asarray(tree["left_children"], dtype=np.int64)
+    right = np.asarray(tree["right_children"], dtype=np.int64)
+    nodes = np.arange(len(left))
+    arrays = {name: np.asarray(tree[name]) for name in _TREE_ARRAYS}
+    if not len(left) or any(array.shape != left.shape for array in (right, *arrays.values())):
+        raise ValueError("a tree's node arrays differ in length")
+    leaf = left == -1
+    inner = ~leaf
+    children = np.concatenate([left[inner], right[inner]])
+    parents = np.concatenate([nodes[inner], nodes[inner]])
+    if np.any(leaf != (right == -1)) or np.any((children <= parents) | (children >= len(left))):
+        raise ValueError("a tree's children do not follow their parent")
+    split = arrays["split_indices"].astype(np.int64)
+    if np.any((split[inner] < 0) | (split[inner] >= n_features)):
+        raise ValueError(f"a split uses a feature outside 0..{n_features - 1}")
+    if not np.isfinite(arrays["split_conditions"].astype(np.float64)).all() or np.any(
+        arrays["sum_hessian"] <= 0
+    ):
+        raise ValueError("split values must be finite and covers positive")
+    return {"left_children": left, "right_children": right, **arrays, "split_indices": split}
+
+
+_TREE_ARRAYS = ("split_indices", "split_conditions", "split_type", "default_left", "sum_hessian")
 
 
 def _tree_depth(tree: dict) -> int:

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -141,7 +141,11 @@ class PrometheusClient:
         path = self._settings.bearer_token_file
         return {} if path is None else {"Authorization": f"Bearer {path.read_text().strip()}"}
 
-    def query_range(self, query: str, start: float, end: float, step: float) -> Matrix:
+    def query_range(
+        self, query: str, start: float, end: float, step: float, known: Matrix | None = None
+    ) -> Matrix:
+        """The answer as a Matrix; with ``known`` (this query's previous answer) its label
+        objects are reused when unchanged (see decode_matrix)."""
         params = {
             "query": query,
             "start": f"{start:.3f}",
@@ -149,7 +153,7 @@ class PrometheusClient:
             "step": f"{step:g}",
             "timeout": f"{self._settings.timeout:g}s",
         }
-        return _decode(self._with_retries("/api/v1/query_range", params))
+        return _decode(self._with_retries("/api/v1/query_range", params), known)
 
     def syntax_error(self, query: str) -> str | None:
         """Prometheus's own parse error for ``query``, or None when it parses.
@@ -240,11 +244,11 @@ class PrometheusClient:
         self._session.close()
 
 
-def _decode(response: requests.Response) -> Matrix:
+def _decode(response: requests.Response, known: Matrix | None = None) -> Matrix:
     body = response.content
     if response.status_code == 200:
         with _DECODING:
-            matrix = decode_matrix(body)
+            matrix = decode_matrix(body, known)
         if matrix is not None:
             return matrix
     try:
@@ -497,6 +501,20 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _outcome(plan: _Plan, result: Matrix) -> _Outcome:
+    """The samples of the series ``plan`` keeps, key after key, as flat arrays (no copy when it
+    keeps every series)."""
+    if plan.error is not None:
+        return _Outcome(error=plan.error)
+    counts, timestamps, values = result.counts, result.timestamps, result.values
+    if plan.kept is not None:
+        chosen = np.zeros(len(counts), dtype=bool)
+        chosen[plan.kept] = True
+        samples = np.repeat(chosen, counts)
+        counts, timestamps, values = counts[plan.kept], timestamps[samples], values[samples]
+    return _Outcome(plan.keys, counts, timestamps, values, None, plan.duplicated, result.unparsable)
+
+
 @dataclass(frozen=True)
 class _Read:
     """One query of one signal: the time columns it covers and, when restricted, the rows it is for."""
@@ -507,10 +525,25 @@ class _Read:
     rows: tuple[int, ...] | None = None  # None: every target the query returns
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Which series of an answer are kept, as which targets: the same for as long as the label
+    objects are (``labels`` is the decoded list, compared by identity), so a cycle redoes this
+    per-series work only when pods come or go."""
+
+    labels: list[dict]
+    keys: list[Key]  # of the kept series, in answer order
+    kept: np.ndarray | None  # indices of the kept series (None: every series)
+    duplicated: bool
+    error: QueryError | None = None
+
+
 @dataclass
 class _Outcome:
     keys: list[Key] = field(default_factory=list)
-    samples: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # samples per key
+    timestamps: np.ndarray = field(default_factory=lambda: np.empty(0))  # key after key
+    values: np.ndarray = field(default_factory=lambda: np.empty(0))
     error: QueryError | None = None
     duplicated: bool = False
     unparsable: int = 0
@@ -547,6 +580,7 @@ class PrometheusSource:
         # At most two whole-window answers in memory at once: one arriving while one decodes.
         self._whole = threading.Semaphore(2)
         self._window: RollingWindow | None = None
+        self._plans: dict[int, tuple[Matrix, _Plan]] = {}  # signal -> last whole read's labels, plan
         self._full_at = -math.inf
         self._stale: set[int] = set()
         for signal, template in self._templates.items():
@@ -636,46 +670,48 @@ class PrometheusSource:
         query = self._settings.fill(template, selector)
         start, end = window.timestamps[read.first], window.timestamps[read.last]
         whole = read.rows is None and read.last - read.first > self._settings.reread_steps
+        known, plan = self._plans.get(read.signal, (None, None)) if read.rows is None else (None, None)
         try:
             with self._whole if whole else nullcontext():
-                result = self._client.query_range(query, start, end, self._settings.step)
+                result = self._client.query_range(query, start, end, self._settings.step, known)
         except QueryFailed as exc:
             log.warning("query failed", extra={"signal": signal, "reason": exc.reason, "error": str(exc)})
             return _Outcome(error=QueryError(signal, exc.reason, str(exc)))
+        if plan is None or result.labels is not plan.labels:
+            plan = self._plan(signal, template, result, read, window)
+            if read.rows is None and result.label_text is not None:  # kept without the samples
+                self._plans[read.signal] = (
+                    replace(Matrix.empty(), labels=result.labels, label_text=result.label_text),
+                    plan,
+                )
+        return _outcome(plan, result)
+
+    def _plan(self, signal: str, template: str, result: Matrix, read: _Read, window: RollingWindow) -> _Plan:
+        """Key an answer's series: the targets they are for, those kept (every target label
+        present, this shard's, wanted by a narrowed read, the first of duplicates)."""
         keys, unlabelled = target_keys(result, self._settings.target_labels)
         if read.rows is None:  # narrowed reads see a subset: they would flap the clash state
             self._clashes.check(signal, self._settings.fill(template), result.labels, keys)
-        return self._keyed(signal, result, keys, unlabelled, read, window)
-
-    def _keyed(
-        self,
-        signal: str,
-        result: Matrix,
-        keys: list[Key | None],
-        unlabelled: int,
-        read: _Read,
-        window: RollingWindow,
-    ) -> _Outcome:
         if unlabelled and unlabelled == len(keys):
             labels = ", ".join(self._settings.target_labels)
             message = f"no series carries all target labels ({labels})"
-            return _Outcome(error=QueryError(signal, "missing_labels", message))
+            return _Plan(result.labels, [], None, False, QueryError(signal, "missing_labels", message))
         shard = self._settings.shard
         wanted = None if read.rows is None else {window.keys[i] for i in read.rows}
-        outcome, seen = _Outcome(unparsable=result.unparsable), set()
+        kept, seen, duplicated = [], set(), False
         for i, key in enumerate(keys):
             if key is None or (wanted is not None and key not in wanted):
                 continue
             if shard.count > 1 and shard_of(key, shard.count) != shard.index:
                 continue
             if key in seen:
-                outcome.duplicated = True
+                duplicated = True
                 continue
             seen.add(key)
-            part = slice(result.offsets[i], result.offsets[i + 1])
-            outcome.keys.append(key)
-            outcome.samples.append((result.timestamps[part], result.values[part]))
-        return outcome
+            kept.append(i)
+        every = len(kept) == len(keys)
+        chosen = None if every else np.asarray(kept, dtype=np.intp)
+        return _Plan(result.labels, [keys[i] for i in kept], chosen, duplicated)
 
     def _apply(
         self, window: RollingWindow, reads: list[_Read], outcomes: list[_Outcome]
@@ -692,13 +728,12 @@ class PrometheusSource:
                 continue
             window.clear(read.signal, read.first, read.last, read.rows)
             rows = np.asarray(window.add(outcome.keys), dtype=np.intp)
-            if outcome.samples:
-                counts = [len(t) for t, _ in outcome.samples]
+            if len(rows):
                 window.put(
                     read.signal,
-                    np.repeat(rows, counts),
-                    np.concatenate([t for t, _ in outcome.samples]),
-                    np.concatenate([v for _, v in outcome.samples]),
+                    np.repeat(rows, outcome.counts),
+                    outcome.timestamps,
+                    outcome.values,
                     read.first,
                     read.last,
                 )

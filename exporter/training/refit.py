@@ -57,7 +57,7 @@ def _stamp(now: float) -> str:
 def serving_pr_auc(serving: ModelBundle, dataset: Dataset, rows: np.ndarray) -> float:
     """PR-AUC of the serving bundle on the given rows of a dataset."""
     features = Features(dataset.X[rows].astype(np.float64), dataset.names)
-    probability = serving.classifier.predict_proba(select(features, serving.manifest.features))
+    probability = serving.predict_proba(select(features, serving.manifest.features))
     y = dataset.y[rows]
     return float(average_precision_score(y, probability)) if 0 < y.sum() < len(y) else float("nan")
 
@@ -112,7 +112,7 @@ class Refitter:
         }
         refitted = ModelBundle(
             manifest=dataclasses.replace(manifest, version=version, training=training, files={}),
-            classifier=bundle.classifier,
+            classifier_model=bundle.classifier_model,
             detector=detector,
         )
         self._publish(refitted)

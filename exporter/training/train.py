@@ -279,4 +279,4 @@ def train_bundle(
         metrics=metrics,
         libraries=library_versions(),
     )
-    return ModelBundle(manifest=manifest, classifier=classifier, detector=detector)
+    return ModelBundle(manifest=manifest, classifier_model=classifier.model_bytes(), detector=detector)

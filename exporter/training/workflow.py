@@ -205,7 +205,7 @@ def evaluate_on_prometheus(
     dataset = read_history(settings, span, options, cache_dir, progress)
     _require_failures(dataset)
     matrix = select(Features(dataset.X.astype(np.float64), dataset.names), manifest.features)
-    probability = bundle.classifier.predict_proba(matrix)
+    probability = bundle.predict_proba(matrix)
     everything = np.ones(len(dataset.y), dtype=bool)
     return evaluation_report(
         dataset, everything, probability, options.horizon_steps, settings.step, None, manifest.signals

@@ -45,7 +45,9 @@ constant state per target, no history kept. Everything at step t depends on samp
 **Inheritance.** With a ``workload_of`` function, a target seen for the first time starts from
 the statistics of a live or recently vanished target of the same workload (a rolled-out pod
 from its predecessor), its burst memory fresh. Vanished targets are kept for this, one per
-workload and at most as many as are watched, so state stays bounded.
+workload and at most as many as are watched, so state stays bounded. A target's workload is
+the one ``workload_of`` gave while it was watched: the function may be replaced between cycles
+(new owner information), and a vanished pod is no longer in it.
 
 Contract: ``AnomalyNormaliser.evaluate`` takes rows in time order per target; the daemon passes
 one row per target per cycle, a backtest or a warm-up replay every row of a recording at once.
@@ -119,6 +121,23 @@ def workload_by(label: str, pattern: str) -> WorkloadOf | None:
         if match is None:
             return None
         return tuple(sorted((k, match.group(1) if k == label else v) for k, v in target.items()))
+
+    return of
+
+
+def owned_by(
+    label: str, owner_of: Callable[[Mapping[str, str]], str | None], fallback: WorkloadOf | None
+) -> WorkloadOf:
+    """A ``workload_of`` naming the workload by its owner (``owner_of``: "Deployment/cart" or None,
+    sources/owners.py): the target's labels with ``label`` replaced by the owner. A target without
+    a known owner gets ``fallback``'s workload (``auto``), or none. An owner holds a "/", which a
+    pod name never does, so an owner's workload never meets a pattern's."""
+
+    def of(target: Mapping[str, str]) -> object:
+        owner = owner_of(target)
+        if owner is None:
+            return None if fallback is None else fallback(target)
+        return tuple(sorted((k, owner if k == label else v) for k, v in target.items()))
 
     return of
 
@@ -269,6 +288,7 @@ class AnomalyNormaliser:
         self._rows: dict[TargetKey, int] = {}
         self._labels: list[Mapping[str, str]] = []
         self._workloads: dict[object, int] = {}  # workload -> a state row of one of its targets
+        self._row_workloads: list[object] = []  # the workload of each watched target's state row
         self._donors: dict[object, int] = {}  # workload -> state row of a vanished target
         self._values = RunningStats(len(self.signals))
         self._raw = RunningStats(len(self.signals) + 1)  # shape per signal, then the bundle forest
@@ -307,11 +327,11 @@ class AnomalyNormaliser:
         known = set(keys)
         workloads = [self.workload_of(t) if self.workload_of else None for t in targets]
         donors = dict(self._donors)
-        if self.workload_of is not None:
-            for key, row in self._rows.items():
-                if key not in known:  # vanished: the newest donor of its workload
-                    donors.pop(workload := self.workload_of(dict(key)), None)
-                    donors[workload] = row
+        for key, row in self._rows.items():
+            workload = self._row_workloads[row]
+            if key not in known and workload is not None:  # vanished: the newest donor of its workload
+                donors.pop(workload, None)
+                donors[workload] = row
         old, inherited = [], []
         for key, workload in zip(keys, workloads, strict=True):
             row = self._rows.get(key, -1)
@@ -329,6 +349,7 @@ class AnomalyNormaliser:
         self.inherited = np.array(inherited, dtype=bool)
         self._donors = {workload: len(keys) + i for i, (workload, _) in enumerate(kept_donors)}
         self._workloads = {}
+        self._row_workloads = workloads
         for row, workload in enumerate(workloads):
             if workload is not None:
                 self._workloads.setdefault(workload, row)

@@ -20,6 +20,8 @@ from exporter.models.normalize import (
     SETTLED_STEPS,
     AnomalyNormaliser,
     RunningStats,
+    owned_by,
+    workload_by,
 )
 from exporter.sources.files import read_recording
 
@@ -112,6 +114,22 @@ def test_a_vanished_target_is_dropped_and_one_that_returns_starts_afresh() -> No
     np.testing.assert_allclose(alone, replay(x)[200:], rtol=1e-12, atol=1e-15)
     back = history.score_frame(np.repeat(windows[:1], 2, axis=0), [A, B], np.zeros(2))
     assert back[0] == 0.0 and len(history) == 2  # A is new again: warming up
+
+
+def test_a_vanished_pod_donates_under_the_owner_it_had_though_the_owners_no_longer_name_it() -> None:
+    """kube-state-metrics drops a deleted pod's owner series: the owner mapping of the cycle its
+    successor appears in no longer names it, yet its statistics go to that successor."""
+    old, new, other = {"pod": "q7x2mlp0a"}, {"pod": "z81kdpw3b"}, {"pod": "cart-7d9f8b6c4-x2k4q"}
+    pattern = workload_by("pod", r"^(.+?)(?:-[a-f0-9]{6,10})?-[a-z0-9]{5}$")
+    history = AnomalyNormaliser(("cpu",))
+    history.workload_of = owned_by("pod", lambda t: {"q7x2mlp0a": "Deployment/cart"}.get(t["pod"]), pattern)
+    windows = windows_of(noisy(100))
+    for step in range(100):
+        history.score_frame(np.repeat(windows[step : step + 1], 2, axis=0), [old, other], np.zeros(2))
+    history.workload_of = owned_by("pod", lambda t: {"z81kdpw3b": "Deployment/cart"}.get(t["pod"]), pattern)
+    history.retain([new, other])
+    assert history.inherited.tolist() == [True, False]
+    assert history.history(history.rows_of([new]))[0] == 100
 
 
 def test_running_statistics_are_exact_at_first_then_forget_with_a_bounded_memory() -> None:

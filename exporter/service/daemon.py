@@ -120,13 +120,13 @@ class Daemon:
             else None
         )
         self._cold: set[TargetKey] = set()  # first-seen targets waiting for a warm-up of their own
-        anomaly = settings.anomaly
-        self._pattern = workload_by(anomaly.workload_label, anomaly.workload_pattern)
-        self._workload_of: WorkloadOf | None = self._pattern
-        self._owner_pods: object = None  # the Owners.pods the current workload_of was built from
         self._warmed: set[TargetKey] = set()  # targets warmed or being warmed, of those watched
         self._full = False  # the warm-up running (or run last) replays every target
         self._warmed_once = False
+        anomaly = settings.anomaly
+        self._pattern = workload_by(anomaly.workload_label, anomaly.workload_pattern)
+        self._workload_of: WorkloadOf | None = self._pattern  # the normaliser's, see _note_owners
+        self._owner_pods: object = None  # the Owners.pods the current workload_of was built from
         self._explain_from = risk_floor(settings.explain_min_risk)
         self._dropped = 0
         self._stopping = False
@@ -219,7 +219,7 @@ class Daemon:
             return
         self._owner_pods = owners.pods
         self._workload_of = self._pattern
-        if owners.pods is not None and self._pattern is not None:
+        if owners.pods is not None:
             fallback = self._pattern if self.settings.anomaly.workload_source == "auto" else None
             self._workload_of = owned_by(self.settings.anomaly.workload_label, owners.of, fallback)
         if self._normaliser is not None:

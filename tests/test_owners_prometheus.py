@@ -178,3 +178,8 @@ def test_owners_of_another_cluster_are_not_used(owned: PrometheusServer) -> None
         "failure_predictor_workload_owner_errors_total", {"reason": "absent"}
     )
     assert errors == 2
+
+
+def test_owners_are_asked_again_every_refresh_and_not_more_often(owned: PrometheusServer) -> None:
+    _, _, client = run_to_rollout(owned, owners={"refresh": "50s"})
+    assert client.owner_queries == 4  # at steps 0, 50, 100 and 150 (due, and the rollout's)

@@ -132,6 +132,27 @@ def test_a_vanished_pod_donates_under_the_owner_it_had_though_the_owners_no_long
     assert history.history(history.rows_of([new]))[0] == 100
 
 
+def test_a_young_target_named_late_takes_its_workloads_statistics_and_an_older_one_keeps_its_own() -> None:
+    """A pod seen before kube-state-metrics named its owner started fresh: once a new workload_of
+    names the owner, it takes the workload's statistics while it is young (MIN_STEPS samples)."""
+    parent, young, grown = {"pod": "p0"}, {"pod": "p1"}, {"pod": "p2"}
+    windows = windows_of(noisy(120))
+    history = AnomalyNormaliser(("cpu",))
+    history.workload_of = owned_by("pod", lambda t: {"p0": "Deployment/cart"}.get(t["pod"]), None)
+    for step in range(100):
+        history.score_frame(windows[step : step + 1], [parent], np.zeros(1))
+    for step in range(100, 100 + MIN_STEPS):  # grown is watched for MIN_STEPS samples, young for one
+        targets = [parent, grown] + ([young] if step == 100 + MIN_STEPS - 1 else [])
+        history.score_frame(
+            np.repeat(windows[step : step + 1], len(targets), axis=0), targets, np.zeros(len(targets))
+        )
+    owners = {"p0": "Deployment/cart", "p1": "Deployment/cart", "p2": "Deployment/cart"}
+    history.workload_of = owned_by("pod", lambda t: owners.get(t["pod"]), None)
+    assert history.refresh_workloads() == 1
+    rows = history.rows_of([parent, young, grown])
+    assert history.history(rows).tolist() == [100 + MIN_STEPS, 100 + MIN_STEPS, MIN_STEPS]
+
+
 def test_running_statistics_are_exact_at_first_then_forget_with_a_bounded_memory() -> None:
     stats = RunningStats(1, memory=100)
     stats.take(np.array([-1]))

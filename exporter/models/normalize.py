@@ -47,7 +47,9 @@ the statistics of a live or recently vanished target of the same workload (a rol
 from its predecessor), its burst memory fresh. Vanished targets are kept for this, one per
 workload and at most as many as are watched, so state stays bounded. A target's workload is
 the one ``workload_of`` gave while it was watched: the function may be replaced between cycles
-(new owner information), and a vanished pod is no longer in it.
+(new owner information; ``refresh_workloads``), and a vanished pod is no longer in it. A target
+that found nothing to start from and is still young takes its workload's statistics when a new
+function names one (its owner was not exported yet when it was first seen).
 
 Contract: ``AnomalyNormaliser.evaluate`` takes rows in time order per target; the daemon passes
 one row per target per cycle, a backtest or a warm-up replay every row of a recording at once.
@@ -302,6 +304,7 @@ class AnomalyNormaliser:
         self._last_score = np.zeros(0)  # what each row's newest sample scored
         self._last_expected = np.zeros((0, len(self.signals), 3))
         self.inherited = np.zeros(0, dtype=bool)  # rows that started from their workload's statistics
+        self._orphan = np.zeros(0, dtype=bool)  # rows that started fresh: no statistics to take then
         self._forest = null_forest(embed_steps)
 
     def __len__(self) -> int:
@@ -355,6 +358,36 @@ class AnomalyNormaliser:
                 self._workloads.setdefault(workload, row)
         return np.arange(len(keys))
 
+    def refresh_workloads(self, young: int = MIN_STEPS) -> int:
+        """Name the watched targets' workloads again with the current ``workload_of`` (it was
+        replaced: new owner information), and let each target that found no statistics when it
+        was first seen and holds fewer than ``young`` samples take its workload's now (a pod seen
+        before kube-state-metrics named its owner). Returns how many took them."""
+        n = len(self._labels)
+        if self.workload_of is None or not n:
+            return 0
+        workloads = [self.workload_of(t) for t in self._labels]
+        late = self._orphan[:n] & (self.history(np.arange(n)) < young)
+        live: dict[object, int] = {}
+        for row, workload in enumerate(workloads):
+            if workload is not None and not late[row]:
+                live.setdefault(workload, row)
+        order = np.arange(len(self._orphan))
+        taken = np.zeros(len(order), dtype=bool)
+        for row in np.flatnonzero(late):
+            workload = workloads[row]
+            donor = -1 if workload is None else live.get(workload, self._donors.get(workload, -1))
+            order[row], taken[row] = (donor, True) if donor >= 0 else (row, False)
+        if taken.any():
+            self._take(order, taken)
+            self.inherited = self.inherited | taken[:n]
+        self._row_workloads = workloads
+        self._workloads = {}
+        for row, workload in enumerate(workloads):
+            if workload is not None:
+                self._workloads.setdefault(workload, row)
+        return int(taken.sum())
+
     def include(self, targets: Sequence[Mapping[str, str]]) -> np.ndarray:
         """Watch these targets too, dropping none; returns their state rows, in order. Without a
         new target the state is left as it is (``retain`` would copy all of it)."""
@@ -370,6 +403,8 @@ class AnomalyNormaliser:
         for season in self._seasons:
             season.take(order)
         fresh = (order < 0) | inherited
+        self._orphan = _take(self._orphan, order, True)
+        self._orphan[inherited] = False
         self._recent = _take(self._recent, order, -np.inf)
         self._recent[fresh] = -np.inf
         self._first = _take(self._first, order, np.nan)

@@ -224,6 +224,12 @@ class Daemon:
             self._workload_of = owned_by(self.settings.anomaly.workload_label, owners.of, fallback)
         if self._normaliser is not None:
             self._normaliser.workload_of = self._workload_of
+            late = self._normaliser.refresh_workloads()
+            if late:
+                log.info(
+                    "new targets took their workload's statistics once its owner was known",
+                    extra={"targets": late},
+                )
 
     def _anomaly(self, frame: Frame, forest_raw: np.ndarray, bundle: ModelBundle) -> Evaluation:
         """``anomaly_score`` of every target against its own history (models/normalize.py);

@@ -11,8 +11,11 @@ or DaemonSet itself otherwise. A ReplicaSet or Job without an owner is the workl
 name no workload.
 
 One instant query (the three selectors joined by ``or``) answers for every pod at once, only
-every ``anomaly.owners.refresh`` and in a cycle where a target appears that the last answer
-was not asked for (a rollout's new pods), never more than once per cycle and never per pod.
+every ``anomaly.owners.refresh``, in a cycle where a target appears that the last answer was
+not asked for (a rollout's new pods), and once more in the next cycle when a new target was
+not named (kube-state-metrics scraped after the pod's own metrics); never more than once per
+cycle and never per pod. A young pod named late takes its workload's statistics then
+(``AnomalyNormaliser.refresh_workloads``).
 Only the pods watched are kept, so memory follows the targets, not the cluster. A failed
 query, or an answer without a single owner series (kube-state-metrics not scraped), never
 stops scoring: the owners are unknown until the next answer, workloads fall back to the
@@ -83,19 +86,23 @@ class OwnerReader:
         self._columns = (labels.index(self._labels[0]), labels.index(self._labels[1]))
         self._asked_at = float("-inf")
         self._asked: frozenset[tuple[str, ...]] = frozenset()  # the targets of the last query
+        # Targets new to the last query that it did not name: asked about once more, next cycle
+        # (kube-state-metrics may be scraped after a new pod's own metrics).
+        self._pending = False
         self._pods: dict[tuple[str, str], str] | None = None
         self._failure: QueryError | None = None
         self._state = "start"  # "known", or why the owners are unknown (logged once per change)
 
     def read(self, keys: Sequence[tuple[str, ...]], at: float) -> Owners:
         """The owners of these targets (their target-label values) at data time ``at``."""
-        due = at - self._asked_at >= self._refresh or not self._asked.issuperset(keys)
+        due = at - self._asked_at >= self._refresh or self._pending or not self._asked.issuperset(keys)
         if due:
             self._ask(keys, at)
         return Owners(self._pods, *self._labels, failure=self._failure, asked=due)
 
     def _ask(self, keys: Sequence[tuple[str, ...]], at: float) -> None:
-        self._asked_at, self._asked = at, frozenset(keys)
+        before = self._asked
+        self._asked_at, self._asked, self._pending = at, frozenset(keys), False
         try:
             answer = self._query_labels(self._query, at)
         except QueryFailed as exc:
@@ -109,6 +116,7 @@ class OwnerReader:
         n, p = self._columns
         watched = {(key[n], key[p]) for key in keys}
         self._pods = {pod: workload for pod, workload in workloads.items() if pod in watched}
+        self._pending = any(key not in before and (key[n], key[p]) not in workloads for key in keys)
         self._failure = None
         if self._state != "known":
             log.info(

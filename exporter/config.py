@@ -222,8 +222,9 @@ class OwnerSettings(_Strict):
     # Label matchers every owner selector gets through {selector}: the cluster or namespaces the
     # signal queries read (owners of other clusters' pods with the same names must not match).
     selector: str = ""
-    # Owners change rarely: the query runs this often, and in the cycle a pod appears that the
-    # last answer did not know (a rollout's new pods), never more than once per cycle.
+    # Owners change rarely: the query runs this often, in the cycle a pod appears that the last
+    # answer was not asked for (a rollout's new pods), and once more in the next cycle when it did
+    # not name such a pod; never more than once per cycle (sources/owners.py).
     refresh: Duration = 300.0
     namespace_label: str = "namespace"  # the target label (and owner series label) holding the namespace
 

@@ -220,7 +220,7 @@ def model_problems(settings: Settings) -> list[str]:
 
 
 def query_problems(settings: Settings) -> list[str]:
-    """Every signal query and the failure query, parsed by the configured Prometheus itself."""
+    """Every signal query, the failure query and the owner query, parsed by the configured Prometheus itself."""
     from exporter.sources.prometheus import PrometheusClient, QueryFailed
 
     seconds = min(settings.prometheus.timeout, 5.0)
@@ -229,6 +229,8 @@ def query_problems(settings: Settings) -> list[str]:
     queries = {f"signals.{name}": query for name, query in settings.queries.items()}
     if settings.failure_query is not None:
         queries["failure.query"] = settings.failure_query
+    if settings.reads_owners:
+        queries["anomaly.owners.query"] = settings.owner_query
     problems = []
     try:
         for key, query in queries.items():

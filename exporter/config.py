@@ -207,6 +207,52 @@ class ModelSettings(_Strict):
     path: Path = BOOTSTRAP_MODEL
 
 
+# kube-state-metrics' owner series, joined into one instant query: each pod's owner, and the
+# owners of the ReplicaSets (Deployments) and Jobs (CronJobs) that own pods. {selector} takes
+# anomaly.owners.selector (e.g. a cluster="eu-1" matcher), as the signal queries take theirs.
+DEFAULT_OWNER_QUERY = (
+    "kube_pod_owner{{selector}} or kube_replicaset_owner{{selector}} or kube_job_owner{{selector}}"
+)
+
+
+class OwnerSettings(_Strict):
+    """Where the owner of each pod is read from, when ``anomaly.workload_source`` uses it."""
+
+    query: str = DEFAULT_OWNER_QUERY
+    # Label matchers every owner selector gets through {selector}: the cluster or namespaces the
+    # signal queries read (owners of other clusters' pods with the same names must not match).
+    selector: str = ""
+    # Owners change rarely: the query runs this often, in the cycle a pod appears that the last
+    # answer was not asked for (a rollout's new pods), and once more in the next cycle when it did
+    # not name such a pod; never more than once per cycle (sources/owners.py).
+    refresh: Duration = 300.0
+    namespace_label: str = "namespace"  # the target label (and owner series label) holding the namespace
+
+    @field_validator("query")
+    @classmethod
+    def _non_empty(cls, query: str) -> str:
+        if not query.strip():
+            raise ValueError("the owner query is empty (use workload_source: pattern to not read owners)")
+        return query
+
+    @field_validator("selector")
+    @classmethod
+    def _matchers(cls, selector: str) -> str:
+        text = selector.strip().rstrip(",")
+        if any(c in text for c in "{}"):
+            raise ValueError(
+                f"expected label matchers like 'cluster=\"eu-1\"' without braces, got {selector!r}"
+            )
+        return text
+
+    @field_validator("namespace_label")
+    @classmethod
+    def _label(cls, name: str) -> str:
+        if not _LABEL_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid Prometheus label name")
+        return name
+
+
 class AnomalyRefitSettings(_Strict):
     """The anomaly detector: scheduled refits on recent history (off by default) and the
     per-target statistics behind ``anomaly_score`` (models/normalize.py)."""
@@ -222,6 +268,12 @@ class AnomalyRefitSettings(_Strict):
     # workload_pattern's first group kept (pod "cart-7d9f8b6c4-x2k4q" -> "cart"). "" turns it off.
     workload_label: str = "pod"
     workload_pattern: str = r"^(.+?)(?:-[a-f0-9]{6,10})?-[a-z0-9]{5}$"
+    # Who names a pod's workload: "pattern" (workload_pattern only), "kube_pod_owner" (its
+    # owning Deployment, StatefulSet, DaemonSet, Job or CronJob from kube-state-metrics; pods the
+    # answer does not name have none) or "auto" (the owner where known, else the pattern). When
+    # the owner query fails or answers nothing, both fall back to the pattern (sources/owners.py).
+    workload_source: Literal["auto", "kube_pod_owner", "pattern"] = "auto"
+    owners: OwnerSettings = Field(default_factory=OwnerSettings)
     bands: bool = True  # export signal_expected{bound="lower|mean|upper"}
     time_to_limit: tuple[str, ...] = ("cpu", "memory")  # signals exported as signal_time_to_limit_seconds
 
@@ -390,6 +442,18 @@ class Settings(_Strict):
             raise ValueError("stale_after must be at least one interval")
         if not self.queries:
             raise ValueError("every signal is disabled: at least one signal is needed")
+        anomaly = self.anomaly
+        if anomaly.workload_source == "kube_pod_owner":
+            wanted = {
+                "anomaly.workload_label": anomaly.workload_label,
+                "anomaly.owners.namespace_label": anomaly.owners.namespace_label,
+            }
+            for key, label in wanted.items():
+                if label not in self.target_labels:
+                    raise ValueError(
+                        f"workload_source kube_pod_owner maps pods by namespace and name: {key} "
+                        f"({label!r}) must be one of the target labels {list(self.target_labels)}"
+                    )
         refits = self.anomaly.refit_every is not None or self.retrain.every is not None
         if refits and (self.model.path / "manifest.json").exists():
             raise ValueError(
@@ -408,6 +472,24 @@ class Settings(_Strict):
         """The enabled signals' PromQL before placeholders are filled (the source fills {selector})."""
         merged: dict[str, str | None] = {**DEFAULT_SIGNALS, **self.signals}
         return {name: query for name, query in merged.items() if query is not None}
+
+    @property
+    def reads_owners(self) -> bool:
+        """Whether the owner query runs: a source other than the pattern, and targets it can map
+        (``auto`` with target labels lacking the namespace or pod label keeps to the pattern)."""
+        anomaly = self.anomaly
+        labels = {anomaly.workload_label, anomaly.owners.namespace_label}
+        return (
+            anomaly.workload_source != "pattern"
+            and bool(anomaly.workload_label)
+            and labels <= set(self.target_labels)
+        )
+
+    @property
+    def owner_query(self) -> str:
+        """The owner query with {selector} filled from anomaly.owners.selector."""
+        selector = self.anomaly.owners.selector
+        return self.anomaly.owners.query.replace("{selector}", f"{selector}," if selector else "")
 
     @property
     def failure_query(self) -> str | None:
@@ -494,6 +576,7 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     ):
         if data[section][key] is not None:
             data[section][key] = format_duration(data[section][key])
+    data["anomaly"]["owners"]["refresh"] = format_duration(data["anomaly"]["owners"]["refresh"])
     if data["anomaly"]["warmup"]:
         data["anomaly"]["warmup"] = format_duration(data["anomaly"]["warmup"])
     prometheus = data["prometheus"]

@@ -124,6 +124,19 @@ def test_durations_in_the_config_file_become_seconds(tmp_path):
         ("target_labels: [namespace, pod-name]\n", "target_labels", "'pod-name' is not a valid"),
         ("target_labels: [namespace, horizon]\n", "target_labels", "'horizon' is reserved"),
         ("target_labels: [signal]\n", "target_labels", "'signal' is reserved"),
+        (
+            "anomaly:\n  workload_source: owners\n",
+            "anomaly.workload_source",
+            "'auto', 'kube_pod_owner' or 'pattern'",
+        ),
+        ("anomaly:\n  owners: {query: ' '}\n", "anomaly.owners.query", "the owner query is empty"),
+        ("anomaly:\n  owners: {selector: '{cluster=\"a\"}'}\n", "anomaly.owners.selector", "without braces"),
+        ("anomaly:\n  owners: {refresh: soon}\n", "anomaly.owners.refresh", "expected a duration"),
+        (
+            "target_labels: [job, instance]\nanomaly:\n  workload_source: kube_pod_owner\n",
+            "(top level)",
+            "anomaly.workload_label ('pod') must be one of the target labels",
+        ),
     ],
 )
 def test_invalid_settings_name_the_key(tmp_path, capsys, text, key, message):
@@ -139,6 +152,16 @@ def test_invalid_settings_name_the_key(tmp_path, capsys, text, key, message):
     assert out == ""
     assert f"{key}: " in err
     assert message in err
+
+
+def test_owner_selector_fills_every_owner_selector_and_auto_needs_pod_targets():
+    settings = Settings.model_validate({"anomaly": {"owners": {"selector": 'cluster="eu-1",'}}})
+    assert settings.reads_owners
+    assert settings.owner_query == (
+        'kube_pod_owner{cluster="eu-1",} or kube_replicaset_owner{cluster="eu-1",} or kube_job_owner{cluster="eu-1",}'
+    )
+    assert not Settings.model_validate({"target_labels": ["job", "instance"]}).reads_owners
+    assert not Settings.model_validate({"anomaly": {"workload_source": "pattern"}}).reads_owners
 
 
 def test_every_bad_key_is_reported_at_once(tmp_path):

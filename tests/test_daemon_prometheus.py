@@ -130,3 +130,31 @@ def test_daemon_config_file_is_valid_for_check_config(tmp_path: Path, prometheus
 
     server = DaemonServer(tmp_path, daemon_config(prometheus))
     assert main(["check-config", str(server.config_path)]) == 0
+
+
+def test_without_kube_state_metrics_the_daemon_names_workloads_by_pattern_and_says_so(
+    daemon: DaemonServer,
+) -> None:
+    """The fake workload exports no owner series: "auto" falls back, on the health metrics."""
+    eventually(lambda: daemon.scores(), 60, "no cycle succeeded")
+    assert daemon.metric_value("failure_predictor_workload_owner_fallback") == 1
+    assert daemon.metric_value("failure_predictor_workload_owner_errors_total", reason="absent") >= 1
+
+
+def test_with_kube_state_metrics_the_daemon_names_workloads_by_their_owners(tmp_path: Path) -> None:
+    """A Prometheus of its own: the session's must keep exactly the session workload's pods."""
+    with (
+        Workload(pods=4, namespace="owned", deployment="cart") as owned,
+        PrometheusServer(tmp_path) as prometheus,
+    ):
+        prometheus.add_target("owned", owned.address)
+        prometheus.wait_for(
+            'count(rate(container_cpu_usage_seconds_total{namespace="owned"}[10s])) == 4', timeout=30
+        )
+        with DaemonServer(tmp_path / "daemon", daemon_config(prometheus)) as server:
+            eventually(lambda: set(server.scores()) == set(owned.pods), 60, "the owned pods were not scored")
+            assert server.metric_value("failure_predictor_workload_owner_fallback") == 0
+            assert (
+                server.metric_value("failure_predictor_workload_owner_errors_total", reason="absent") is None
+            )
+            assert '"msg": "workloads are named by their owners (kube_pod_owner)"' in server.log_tail()

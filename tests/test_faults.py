@@ -646,6 +646,21 @@ def test_check_config_rejects_promql_that_does_not_parse(
     assert code == 0, err
 
 
+def test_check_config_parses_the_owner_query_with_its_selector(
+    fault_prometheus: PrometheusServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prometheus = {"url": fault_prometheus.url}
+    broken = {"owners": {"query": "kube_pod_owner{{selector}} or", "selector": 'cluster="eu-1"'}}
+    code, err = check_config(tmp_path, {"prometheus": prometheus, "anomaly": broken}, capsys)
+    assert code == 2
+    assert "anomaly.owners.query: PromQL does not parse" in err
+    assert 'query: kube_pod_owner{cluster="eu-1",} or' in err
+
+    unchecked = {"workload_source": "pattern", **broken}
+    code, err = check_config(tmp_path, {"prometheus": prometheus, "anomaly": unchecked}, capsys)
+    assert code == 0, "with workload_source pattern the owner query never runs"
+
+
 def test_check_config_says_when_it_cannot_check_the_promql(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

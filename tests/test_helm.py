@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from exporter.cli import main as cli_main
-from exporter.config import BOOTSTRAP_MODEL, load_settings
+from exporter.config import BOOTSTRAP_MODEL, Settings, load_settings
 from exporter.models.registry import activate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -186,6 +186,8 @@ def test_ci_values_pass_the_schema(chart, values_file):
         {"config": {"interval": "soon"}},
         {"config": {"log_level": "verbose"}},
         {"config": {"target_labels": []}},
+        {"config": {"anomaly": {"workload_source": "owners"}}},
+        {"config": {"anomaly": {"owners": {"selector": '{cluster="a"}'}}}},
         {"config": {"listen": {"port": 1}}},
         {"prometheus": {"url": "prometheus:9090"}},
         {"prometheusRule": {"alerts": {"HighFailureProbability": {"threshold": "high"}}}},
@@ -468,3 +470,14 @@ def test_defaults_create_no_operator_objects_and_serve_the_bundled_model(chart):
     released = [d for d in docs if "helm.sh/hook" not in d["metadata"].get("annotations", {})]
     assert {d["kind"] for d in released} == {"Deployment", "Service", "ServiceAccount", "ConfigMap"}
     assert "model" not in daemon_config(docs), "the daemon's default is the bootstrap bundle in the package"
+
+
+def test_owner_settings_reach_the_daemon_and_fill_every_owner_selector(chart):
+    values = {
+        "config": {"anomaly": {"workload_source": "kube_pod_owner", "owners": {"selector": 'cluster="eu-1"'}}}
+    }
+    settings = Settings.model_validate(daemon_config(render(chart, values)))
+    assert settings.anomaly.workload_source == "kube_pod_owner"
+    assert settings.owner_query.count('{cluster="eu-1",}') == 3
+    defaults = Settings.model_validate(daemon_config(render(chart, {})))
+    assert defaults.anomaly.workload_source == "auto" and defaults.reads_owners

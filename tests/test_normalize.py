@@ -23,6 +23,8 @@ from exporter.models.normalize import (
     AnomalyNormaliser,
     RunningStats,
     fit_null_forest,
+    owned_by,
+    workload_by,
 )
 from exporter.sources.files import read_recording
 
@@ -115,6 +117,43 @@ def test_a_vanished_target_is_dropped_and_one_that_returns_starts_afresh() -> No
     np.testing.assert_allclose(alone, replay(x)[200:], rtol=1e-12, atol=1e-15)
     back = history.score_frame(np.repeat(windows[:1], 2, axis=0), [A, B], np.zeros(2))
     assert back[0] == 0.0 and len(history) == 2  # A is new again: warming up
+
+
+def test_a_vanished_pod_donates_under_the_owner_it_had_though_the_owners_no_longer_name_it() -> None:
+    """kube-state-metrics drops a deleted pod's owner series: the owner mapping of the cycle its
+    successor appears in no longer names it, yet its statistics go to that successor."""
+    old, new, other = {"pod": "q7x2mlp0a"}, {"pod": "z81kdpw3b"}, {"pod": "cart-7d9f8b6c4-x2k4q"}
+    pattern = workload_by("pod", r"^(.+?)(?:-[a-f0-9]{6,10})?-[a-z0-9]{5}$")
+    history = AnomalyNormaliser(("cpu",))
+    history.workload_of = owned_by("pod", lambda t: {"q7x2mlp0a": "Deployment/cart"}.get(t["pod"]), pattern)
+    windows = windows_of(noisy(100))
+    for step in range(100):
+        history.score_frame(np.repeat(windows[step : step + 1], 2, axis=0), [old, other], np.zeros(2))
+    history.workload_of = owned_by("pod", lambda t: {"z81kdpw3b": "Deployment/cart"}.get(t["pod"]), pattern)
+    history.retain([new, other])
+    assert history.inherited.tolist() == [True, False]
+    assert history.history(history.rows_of([new]))[0] == 100
+
+
+def test_a_young_target_named_late_takes_its_workloads_statistics_and_an_older_one_keeps_its_own() -> None:
+    """A pod seen before kube-state-metrics named its owner started fresh: once a new workload_of
+    names the owner, it takes the workload's statistics while it is young (MIN_STEPS samples)."""
+    parent, young, grown = {"pod": "p0"}, {"pod": "p1"}, {"pod": "p2"}
+    windows = windows_of(noisy(120))
+    history = AnomalyNormaliser(("cpu",))
+    history.workload_of = owned_by("pod", lambda t: {"p0": "Deployment/cart"}.get(t["pod"]), None)
+    for step in range(100):
+        history.score_frame(windows[step : step + 1], [parent], np.zeros(1))
+    for step in range(100, 100 + MIN_STEPS):  # grown is watched for MIN_STEPS samples, young for one
+        targets = [parent, grown] + ([young] if step == 100 + MIN_STEPS - 1 else [])
+        history.score_frame(
+            np.repeat(windows[step : step + 1], len(targets), axis=0), targets, np.zeros(len(targets))
+        )
+    owners = {"p0": "Deployment/cart", "p1": "Deployment/cart", "p2": "Deployment/cart"}
+    history.workload_of = owned_by("pod", lambda t: owners.get(t["pod"]), None)
+    assert history.refresh_workloads() == 1
+    rows = history.rows_of([parent, young, grown])
+    assert history.history(rows).tolist() == [100 + MIN_STEPS, 100 + MIN_STEPS, MIN_STEPS]
 
 
 def test_running_statistics_are_exact_at_first_then_forget_with_a_bounded_memory() -> None:

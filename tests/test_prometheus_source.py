@@ -38,7 +38,8 @@ def proxy(prometheus: PrometheusServer) -> Iterator[AuthProxy]:
 def test_one_range_query_per_signal_covers_every_target(proxy: AuthProxy, workload: Workload) -> None:
     fetch = PrometheusSource(settings(proxy.url)).fetch()
 
-    assert proxy.paths() == ["/api/v1/query_range"] * 4
+    # and one instant query names the pods' owners (anomaly.workload_source "auto")
+    assert proxy.paths() == ["/api/v1/query_range"] * 4 + ["/api/v1/query"]
     assert fetch.errors == ()
     frame = fetch.frame
     assert frame.values.shape == (len(workload.pods), 30, 4)

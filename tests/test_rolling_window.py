@@ -94,6 +94,7 @@ def source_settings(shard_index: int = 0, shard_count: int = 1, full_refresh: fl
             "full_refresh": full_refresh,
             "reread_steps": 2,
             "shard": {"index": shard_index, "count": shard_count},
+            "anomaly": {"workload_source": "pattern"},  # the window alone: no owner query to answer
         }
     )
 

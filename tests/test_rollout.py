@@ -6,11 +6,13 @@ the daemon is driven in-process by a clock that visits every step."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from backfill import SIGNAL_QUERIES, create_blocks, write_openmetrics
+from prometheus_client import CollectorRegistry
 from servers import TEST_SPEED, PrometheusServer, promtool_bin
 
 from exporter.config import BOOTSTRAP_MODEL, Settings
@@ -47,7 +49,7 @@ def rolled_out(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         yield server
 
 
-def first_cycle_after_rollout(prometheus: PrometheusServer, **anomaly: object) -> Snapshot:
+def first_cycle_after_rollout(prometheus: PrometheusServer, **anomaly: object) -> tuple[Snapshot, Daemon]:
     settings = Settings.model_validate(
         {
             "prometheus": {"url": prometheus.url},
@@ -59,11 +61,12 @@ def first_cycle_after_rollout(prometheus: PrometheusServer, **anomaly: object) -
     )
     now = [START]
     clock = lambda: now[0] + 0.5  # noqa: E731
-    daemon = Daemon(settings, PrometheusSource(settings, clock=clock), load_bundle(MODEL), clock=clock)
+    source = PrometheusSource(settings, clock=clock)
+    daemon = Daemon(settings, source, load_bundle(MODEL), registry=CollectorRegistry(), clock=clock)
     for step in range(ROLLOUT + 1):
         now[0] = START + step
         snapshot = daemon.run_cycle()
-    return snapshot
+    return snapshot, daemon
 
 
 def new_pods(snapshot: Snapshot) -> np.ndarray:
@@ -77,7 +80,7 @@ def new_pods(snapshot: Snapshot) -> np.ndarray:
 def test_pods_of_a_rollout_score_from_their_first_cycle_with_their_workloads_statistics(
     rolled_out: PrometheusServer,
 ) -> None:
-    snapshot = first_cycle_after_rollout(rolled_out)
+    snapshot, daemon = first_cycle_after_rollout(rolled_out)
     rows = new_pods(snapshot)
     spiked = next(row for row in rows if snapshot.targets[row]["pod"] == NEW[0])
     assert (snapshot.bands.history[rows] >= ROLLOUT - 1).all()  # each new pod carries its workload's history
@@ -85,10 +88,36 @@ def test_pods_of_a_rollout_score_from_their_first_cycle_with_their_workloads_sta
     assert snapshot.anomaly[spiked] > 0.7  # the spike on the first sample is seen at once
     others = [row for row in rows if row != spiked]
     assert snapshot.anomaly[others].max() < snapshot.anomaly[spiked]
+    # No kube-state-metrics here: workload_source "auto" fell back to the pattern, and says so.
+    assert daemon.registry.get_sample_value("failure_predictor_workload_owner_fallback") == 1
+
+
+@pytest.mark.parametrize(
+    ("owners", "reason"),
+    [({}, "absent"), ({"query": "kube_pod_owner{{selector}} +"}, "promql")],
+    ids=["kube_pod_owner absent", "owner query broken"],
+)
+def test_owners_expected_but_unknown_fall_back_to_the_pattern_and_say_so_once(
+    rolled_out: PrometheusServer, caplog: pytest.LogCaptureFixture, owners: dict, reason: str
+) -> None:
+    with caplog.at_level(logging.INFO, logger="exporter.sources.owners"):
+        snapshot, daemon = first_cycle_after_rollout(
+            rolled_out, workload_source="kube_pod_owner", owners=owners
+        )
+    rows = new_pods(snapshot)
+    assert (snapshot.bands.history[rows] >= ROLLOUT - 1).all()  # inherited by the pattern
+    assert daemon.registry.get_sample_value("failure_predictor_workload_owner_fallback") == 1
+    # Asked at start and when the new pods appeared: both counted, logged once, as a warning.
+    errors = daemon.registry.get_sample_value(
+        "failure_predictor_workload_owner_errors_total", {"reason": reason}
+    )
+    assert errors == 2
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and record.reason == reason
 
 
 def test_without_workloads_the_renamed_pods_start_blind(rolled_out: PrometheusServer) -> None:
-    snapshot = first_cycle_after_rollout(rolled_out, workload_label="")
+    snapshot, _ = first_cycle_after_rollout(rolled_out, workload_label="")
     rows = new_pods(snapshot)
     assert (snapshot.bands.history[rows] <= 1).all()
     assert not np.isfinite(snapshot.bands.expected[rows]).any()

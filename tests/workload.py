@@ -156,6 +156,26 @@ def _http_families(scrape: _Scrape) -> Iterator[Metric]:
     yield requests
 
 
+def _owner_families(scrape: _Scrape, deployment: str) -> Iterator[Metric]:
+    """kube-state-metrics' owner series: each pod owned by the Deployment's one ReplicaSet."""
+    replicaset = f"{deployment}-5d8f7c6b9"
+    pods = GaugeMetricFamily(
+        "kube_pod_owner",
+        "Information about the Pod's owner.",
+        labels=["namespace", "pod", "uid", "owner_kind", "owner_name", "owner_is_controller"],
+    )
+    for pod in scrape.pods:
+        pods.add_metric([scrape.namespace, pod.name, f"uid-{pod.name}", "ReplicaSet", replicaset, "true"], 1)
+    replicasets = GaugeMetricFamily(
+        "kube_replicaset_owner",
+        "Information about the ReplicaSet's owner.",
+        labels=["namespace", "replicaset", "owner_kind", "owner_name", "owner_is_controller"],
+    )
+    replicasets.add_metric([scrape.namespace, replicaset, "Deployment", deployment, "true"], 1)
+    yield pods
+    yield replicasets
+
+
 def _make_pods(count: int, rng: random.Random) -> tuple[tuple[_Pod, ...], str, str]:
     """Draw healthy pods, then turn two of them (chosen by the seed) into the risky ones."""
     leaky, erroring = rng.sample(range(count), 2)
@@ -197,13 +217,17 @@ class Workload(Served):
         seed: int = 0,
         namespace: str = "demo",
         without_http: int = 0,
+        deployment: str | None = None,
     ) -> None:
+        """``deployment``: also export kube-state-metrics' owner series, every pod owned by one
+        ReplicaSet of a Deployment of that name (kube_pod_owner, kube_replicaset_owner)."""
         if pods < 3:
             raise ValueError(f"Workload needs pods >= 3 (a leaky, an erroring and a healthy one), got {pods}")
         if leak_seconds <= 0:
             raise ValueError(f"Workload leak_seconds must be > 0, got {leak_seconds}")
         self.namespace = namespace
         self.leak_seconds = leak_seconds
+        self.deployment = deployment
         self._pods, self.leaky_pod, self.erroring_pod = _make_pods(pods, random.Random(seed))
         if without_http > len(self.healthy_pods):
             raise ValueError(
@@ -256,6 +280,8 @@ class Workload(Served):
         yield from _cpu_families(scrape)
         yield from _memory_families(scrape)
         yield from _http_families(scrape)
+        if self.deployment is not None:
+            yield from _owner_families(scrape, self.deployment)
 
     def remove_pod(self, pod: str) -> None:
         """Stop exporting ``pod`` from the next scrape on, as if it had been deleted."""

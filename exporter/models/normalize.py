@@ -45,7 +45,11 @@ constant state per target, no history kept. Everything at step t depends on samp
 **Inheritance.** With a ``workload_of`` function, a target seen for the first time starts from
 the statistics of a live or recently vanished target of the same workload (a rolled-out pod
 from its predecessor), its burst memory fresh. Vanished targets are kept for this, one per
-workload and at most as many as are watched, so state stays bounded.
+workload and at most as many as are watched, so state stays bounded. A target's workload is
+the one ``workload_of`` gave while it was watched: the function may be replaced between cycles
+(new owner information; ``refresh_workloads``), and a vanished pod is no longer in it. A target
+that found nothing to start from and is still young takes its workload's statistics when a new
+function names one (its owner was not exported yet when it was first seen).
 
 Contract: ``AnomalyNormaliser.evaluate`` takes rows in time order per target; the daemon passes
 one row per target per cycle, a backtest or a warm-up replay every row of a recording at once.
@@ -134,6 +138,23 @@ def workload_by(label: str, pattern: str) -> WorkloadOf | None:
         if match is None:
             return None
         return tuple(sorted((k, match.group(1) if k == label else v) for k, v in target.items()))
+
+    return of
+
+
+def owned_by(
+    label: str, owner_of: Callable[[Mapping[str, str]], str | None], fallback: WorkloadOf | None
+) -> WorkloadOf:
+    """A ``workload_of`` naming the workload by its owner (``owner_of``: "Deployment/cart" or None,
+    sources/owners.py): the target's labels with ``label`` replaced by the owner. A target without
+    a known owner gets ``fallback``'s workload (``auto``), or none. An owner holds a "/", which a
+    pod name never does, so an owner's workload never meets a pattern's."""
+
+    def of(target: Mapping[str, str]) -> object:
+        owner = owner_of(target)
+        if owner is None:
+            return None if fallback is None else fallback(target)
+        return tuple(sorted((k, owner if k == label else v) for k, v in target.items()))
 
     return of
 
@@ -284,6 +305,7 @@ class AnomalyNormaliser:
         self._rows: dict[TargetKey, int] = {}
         self._labels: list[Mapping[str, str]] = []
         self._workloads: dict[object, int] = {}  # workload -> a state row of one of its targets
+        self._row_workloads: list[object] = []  # the workload of each watched target's state row
         self._donors: dict[object, int] = {}  # workload -> state row of a vanished target
         self._values = RunningStats(len(self.signals))
         self._raw = RunningStats(len(self.signals) + 1)  # shape per signal, then the bundle forest
@@ -297,6 +319,7 @@ class AnomalyNormaliser:
         self._last_score = np.zeros(0)  # what each row's newest sample scored
         self._last_expected = np.zeros((0, len(self.signals), 3))
         self.inherited = np.zeros(0, dtype=bool)  # rows that started from their workload's statistics
+        self._orphan = np.zeros(0, dtype=bool)  # rows that started fresh: no statistics to take then
         self._forest = null_forest(embed_steps)
 
     def __len__(self) -> int:
@@ -322,11 +345,11 @@ class AnomalyNormaliser:
         known = set(keys)
         workloads = [self.workload_of(t) if self.workload_of else None for t in targets]
         donors = dict(self._donors)
-        if self.workload_of is not None:
-            for key, row in self._rows.items():
-                if key not in known:  # vanished: the newest donor of its workload
-                    donors.pop(workload := self.workload_of(dict(key)), None)
-                    donors[workload] = row
+        for key, row in self._rows.items():
+            workload = self._row_workloads[row]
+            if key not in known and workload is not None:  # vanished: the newest donor of its workload
+                donors.pop(workload, None)
+                donors[workload] = row
         old, inherited = [], []
         for key, workload in zip(keys, workloads, strict=True):
             row = self._rows.get(key, -1)
@@ -344,10 +367,41 @@ class AnomalyNormaliser:
         self.inherited = np.array(inherited, dtype=bool)
         self._donors = {workload: len(keys) + i for i, (workload, _) in enumerate(kept_donors)}
         self._workloads = {}
+        self._row_workloads = workloads
         for row, workload in enumerate(workloads):
             if workload is not None:
                 self._workloads.setdefault(workload, row)
         return np.arange(len(keys))
+
+    def refresh_workloads(self, young: int = MIN_STEPS) -> int:
+        """Name the watched targets' workloads again with the current ``workload_of`` (it was
+        replaced: new owner information), and let each target that found no statistics when it
+        was first seen and holds fewer than ``young`` samples take its workload's now (a pod seen
+        before kube-state-metrics named its owner). Returns how many took them."""
+        n = len(self._labels)
+        if self.workload_of is None or not n:
+            return 0
+        workloads = [self.workload_of(t) for t in self._labels]
+        late = self._orphan[:n] & (self.history(np.arange(n)) < young)
+        live: dict[object, int] = {}
+        for row, workload in enumerate(workloads):
+            if workload is not None and not late[row]:
+                live.setdefault(workload, row)
+        order = np.arange(len(self._orphan))
+        taken = np.zeros(len(order), dtype=bool)
+        for row in np.flatnonzero(late):
+            workload = workloads[row]
+            donor = -1 if workload is None else live.get(workload, self._donors.get(workload, -1))
+            order[row], taken[row] = (donor, True) if donor >= 0 else (row, False)
+        if taken.any():
+            self._take(order, taken)
+            self.inherited = self.inherited | taken[:n]
+        self._row_workloads = workloads
+        self._workloads = {}
+        for row, workload in enumerate(workloads):
+            if workload is not None:
+                self._workloads.setdefault(workload, row)
+        return int(taken.sum())
 
     def include(self, targets: Sequence[Mapping[str, str]]) -> np.ndarray:
         """Watch these targets too, dropping none; returns their state rows, in order. Without a
@@ -364,6 +418,8 @@ class AnomalyNormaliser:
         for season in self._seasons:
             season.take(order)
         fresh = (order < 0) | inherited
+        self._orphan = _take(self._orphan, order, True)
+        self._orphan[inherited] = False
         self._recent = _take(self._recent, order, -np.inf)
         self._recent[fresh] = -np.inf
         self._first = _take(self._first, order, np.nan)

@@ -105,6 +105,18 @@ class SelfMetrics:
             "Live targets not scored in the last cycle because there are more than max_targets.",
             registry=registry,
         )
+        self.workload_owner_fallback = Gauge(
+            "failure_predictor_workload_owner_fallback",
+            "1 while pod owners are unknown (the owner query failed or found no kube_pod_owner series) "
+            "and new pods inherit statistics by anomaly.workload_pattern, else 0.",
+            registry=registry,
+        )
+        self.workload_owner_errors = Counter(
+            "failure_predictor_workload_owner_errors_total",
+            "Owner queries (kube_pod_owner) that failed or found no owner series, by reason.",
+            ["reason"],
+            registry=registry,
+        )
         Info(
             "failure_predictor_build",
             "Versions of failure-predictor, Python and the model libraries (value is always 1).",

@@ -28,6 +28,8 @@ from exporter.models.normalize import (
     AnomalyNormaliser,
     Evaluation,
     TargetKey,
+    WorkloadOf,
+    owned_by,
     target_key,
     workload_by,
 )
@@ -40,7 +42,7 @@ from exporter.service.reload import ModelWatcher
 from exporter.service.state import State
 from exporter.service.warmup import WarmUp
 from exporter.snapshot import Bands, Explanations, ModelInfo, Snapshot, contribution_shares, risk_floor
-from exporter.sources import Source
+from exporter.sources import Owners, Source
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,10 @@ class Daemon:
         self._warmed: set[TargetKey] = set()  # targets warmed or being warmed, of those watched
         self._full = False  # the warm-up running (or run last) replays every target
         self._warmed_once = False
+        anomaly = settings.anomaly
+        self._pattern = workload_by(anomaly.workload_label, anomaly.workload_pattern)
+        self._workload_of: WorkloadOf | None = self._pattern  # the normaliser's, see _note_owners
+        self._owner_pods: object = None  # the Owners.pods the current workload_of was built from
         self._explain_from = risk_floor(settings.explain_min_risk)
         self._dropped = 0
         self._stopping = False
@@ -138,6 +144,7 @@ class Daemon:
         for error in fetch.errors:
             self.metrics.query_errors.labels(error.signal, error.reason).inc()
         self._note_dropped(fetch.dropped)
+        self._note_owners(fetch.owners)
         failed = {error.signal for error in fetch.errors if not error.partial}
         if failed >= set(self.source.signals):
             raise CycleFailed(f"every signal query failed: {fetch.errors[0].message}")
@@ -200,6 +207,30 @@ class Daemon:
         self._dropped = dropped
         self.metrics.targets_dropped.set(dropped)
 
+    def _note_owners(self, owners: Owners | None) -> None:
+        """Name workloads by the owners the source read this cycle (the pattern while they are
+        unknown), and show on the health metrics whether they are: the source logs the changes."""
+        if owners is None:
+            return
+        self.metrics.workload_owner_fallback.set(int(owners.pods is None))
+        if owners.asked and owners.failure is not None:
+            self.metrics.workload_owner_errors.labels(owners.failure.reason).inc()
+        if owners.pods is self._owner_pods:
+            return
+        self._owner_pods = owners.pods
+        self._workload_of = self._pattern
+        if owners.pods is not None:
+            fallback = self._pattern if self.settings.anomaly.workload_source == "auto" else None
+            self._workload_of = owned_by(self.settings.anomaly.workload_label, owners.of, fallback)
+        if self._normaliser is not None:
+            self._normaliser.workload_of = self._workload_of
+            late = self._normaliser.refresh_workloads()
+            if late:
+                log.info(
+                    "new targets took their workload's statistics once its owner was known",
+                    extra={"targets": late},
+                )
+
     def _anomaly(self, frame: Frame, forest_raw: np.ndarray, bundle: ModelBundle) -> Evaluation:
         """``anomaly_score`` of every target against its own history (models/normalize.py);
         a change of signals or window length starts the history afresh. Warm-ups from history
@@ -256,13 +287,12 @@ class Daemon:
         self._cold = {key for key in self._cold if key in normaliser}
 
     def _new_normaliser(self, signals: tuple[str, ...], steps: int) -> AnomalyNormaliser:
-        anomaly = self.settings.anomaly
         return AnomalyNormaliser(
             signals,
             steps,
             step=self.settings.step,
-            seasons=anomaly.seasons,
-            workload_of=workload_by(anomaly.workload_label, anomaly.workload_pattern),
+            seasons=self.settings.anomaly.seasons,
+            workload_of=self._workload_of,
         )
 
     def _adopt_warmup(self, normaliser: AnomalyNormaliser, frame: Frame, bundle: ModelBundle) -> None:

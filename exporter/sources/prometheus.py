@@ -34,8 +34,9 @@ from exporter.config import PrometheusSettings, Settings
 from exporter.frame import Frame
 from exporter.memory import return_large_buffers
 from exporter.redact import mask, mask_url
-from exporter.sources import Fetch, QueryError
+from exporter.sources import Fetch, QueryError, QueryFailed
 from exporter.sources.matrix import Matrix, MatrixError, decode_matrix, matrix_of
+from exporter.sources.owners import OwnerReader
 from exporter.sources.transport import AbortableAdapter, Attempts
 from exporter.sources.window import Key, RollingWindow
 
@@ -54,12 +55,6 @@ class Series:
     key: tuple[str, ...]
     timestamps: np.ndarray
     values: np.ndarray
-
-
-class QueryFailed(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def build_session(settings: PrometheusSettings) -> requests.Session:
@@ -154,6 +149,33 @@ class PrometheusClient:
             "timeout": f"{self._settings.timeout:g}s",
         }
         return _decode(self._with_retries("/api/v1/query_range", params), known)
+
+    def query_labels(self, query: str, at: float) -> list[dict[str, str]]:
+        """The label sets of an instant query's answer at Unix time ``at`` (values are not
+        needed where a series' presence is the fact, as for kube-state-metrics' owner series)."""
+        params = {"query": query, "time": f"{at:.3f}", "timeout": f"{self._settings.timeout:g}s"}
+        response = self._with_retries("/api/v1/query", params)
+        try:
+            with _gc_paused():
+                parsed = json.loads(response.content)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise QueryFailed(
+                _status_reason(response.status_code),
+                f"HTTP {response.status_code}, body is not a Prometheus JSON answer",
+            )
+        data = _success_data(response.status_code, parsed)
+        result = data.get("result")
+        if data.get("resultType") != "vector" or not isinstance(result, list):
+            raise QueryFailed("bad_response", "expected data.resultType 'vector' with a result list")
+        labels: list[dict[str, str]] = []
+        for item in result:
+            metric = item.get("metric") if isinstance(item, dict) else None
+            if not isinstance(metric, dict):
+                raise QueryFailed("bad_response", "a result of the vector has no metric object")
+            labels.append(metric)
+        return labels
 
     def syntax_error(self, query: str) -> str | None:
         """Prometheus's own parse error for ``query``, or None when it parses.
@@ -261,27 +283,30 @@ def _decode(response: requests.Response, known: Matrix | None = None) -> Matrix:
             _status_reason(response.status_code),
             f"HTTP {response.status_code}, body is not a Prometheus JSON answer",
         )
-    body = parsed
-    if body.get("status") != "success":
-        error = f"{body.get('errorType', 'error')}: {body.get('error', 'no error message')}"
-        if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
-            reason = "timeout" if body.get("errorType") == "timeout" else "http_5xx"
-        elif body.get("errorType") in ("bad_data", "execution"):
-            reason = "promql"
-        else:
-            reason = "http_4xx"
-        raise QueryFailed(reason, f"HTTP {response.status_code}, {error}")
-    data = body.get("data")
-    if (
-        not isinstance(data, dict)
-        or data.get("resultType") != "matrix"
-        or not isinstance(data.get("result"), list)
-    ):
+    data = _success_data(response.status_code, parsed)
+    if data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
         raise QueryFailed("bad_response", "expected data.resultType 'matrix' with a result list")
     try:
         return matrix_of(data["result"])
     except MatrixError as exc:
         raise QueryFailed("bad_response", str(exc)) from None
+
+
+def _success_data(status: int, body: dict) -> dict:
+    """The ``data`` of a successful Prometheus answer; QueryFailed with the reason otherwise."""
+    if body.get("status") != "success":
+        error = f"{body.get('errorType', 'error')}: {body.get('error', 'no error message')}"
+        if status >= 500 or status in _RETRYABLE_STATUS:
+            reason = "timeout" if body.get("errorType") == "timeout" else "http_5xx"
+        elif body.get("errorType") in ("bad_data", "execution"):
+            reason = "promql"
+        else:
+            reason = "http_4xx"
+        raise QueryFailed(reason, f"HTTP {status}, {error}")
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise QueryFailed("bad_response", "the answer has no data object")
+    return data
 
 
 def _status_reason(status: int) -> str:
@@ -559,7 +584,9 @@ class PrometheusSource:
     them (where late samples land), again one query per signal for every target, and
     fetches the history of targets new to the window in one batched query per signal
     (``{selector}`` narrowed to them). A shard reads the newest steps of every target
-    to learn which exist, and history only for its own (see ShardSettings).
+    to learn which exist, and history only for its own (see ShardSettings). The owners of the
+    targets' pods, which name the workload a rollout's new pods inherit statistics from, come
+    along when configured (sources/owners.py).
     """
 
     def __init__(
@@ -583,6 +610,7 @@ class PrometheusSource:
         self._plans: dict[int, tuple[Matrix, _Plan]] = {}  # signal -> last whole read's labels, plan
         self._full_at = -math.inf
         self._stale: set[int] = set()
+        self._owners = OwnerReader(settings, self._client.query_labels) if settings.reads_owners else None
         for signal, template in self._templates.items():
             if "{selector}" not in template and settings.shard.count > 1:
                 log.warning(
@@ -627,7 +655,11 @@ class PrometheusSource:
             values=values, targets=targets, timestamps=window.timestamps.copy(), signals=self.signals
         )
         reported = tuple(error for _, error, _ in sorted(errors, key=lambda e: e[0]))
-        return Fetch(frame=frame, errors=reported, dropped=dropped)
+        # With every signal failed there is no cycle to name workloads for (and no Prometheus to ask).
+        owners = None
+        if self._owners is not None and len(failed) < len(self.signals):
+            owners = self._owners.read(keys, end)
+        return Fetch(frame=frame, errors=reported, dropped=dropped, owners=owners)
 
     def _history_pays(self, signal: int) -> bool:
         """Without {selector} a history read returns every target's window: worth it only when the

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -140,6 +139,17 @@ def raw_full_window(settings: Settings, end: float) -> float:
     return time.perf_counter() - started
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux keeps that across
+    fork and exec, so a child forked from a large parent (one that just backfilled) reports
+    the parent's size."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def stage_sums(daemon: Daemon) -> dict[str, float]:
     histogram = daemon.metrics.cycle_duration
     return {stage: histogram.labels(stage)._sum.get() for stage in STAGES}
@@ -196,7 +206,7 @@ def measure_prometheus(targets: int, shard: tuple[int, int], cache: Path, model:
         "first": first,
         "warmup": warmup,
         "incremental": steady,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

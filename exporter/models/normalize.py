@@ -342,8 +342,15 @@ class AnomalyNormaliser:
             self._labels = list(targets)
             self.inherited = np.zeros(len(keys), dtype=bool)
             return np.arange(len(keys))
-        known = set(keys)
-        workloads = [self.workload_of(t) if self.workload_of else None for t in targets]
+        known, rows = set(keys), self._rows
+        workloads = [  # a watched target's was named when it came (or by refresh_workloads)
+            self._row_workloads[rows[key]]
+            if key in rows
+            else self.workload_of(t)
+            if self.workload_of
+            else None
+            for key, t in zip(keys, targets, strict=True)
+        ]
         donors = dict(self._donors)
         for key, row in self._rows.items():
             workload = self._row_workloads[row]
@@ -379,9 +386,9 @@ class AnomalyNormaliser:
         was first seen and holds fewer than ``young`` samples take its workload's now (a pod seen
         before kube-state-metrics named its owner). Returns how many took them."""
         n = len(self._labels)
-        if self.workload_of is None or not n:
+        if not n:
             return 0
-        workloads = [self.workload_of(t) for t in self._labels]
+        workloads = [self.workload_of(t) if self.workload_of else None for t in self._labels]
         late = self._orphan[:n] & (self.history(np.arange(n)) < young)
         live: dict[object, int] = {}
         for row, workload in enumerate(workloads):

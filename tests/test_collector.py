@@ -466,7 +466,7 @@ def test_the_page_holds_what_prometheus_client_writes_for_the_same_families(open
     targets = (
         {"pod": 'we"ird\\pod\nname', "namespace": "n"},
         {"pod": "p1", "namespace": "n"},
-        {"pod": "p2", "namespace": ""},
+        {"pod": "p2-100%s-%(x)s-%%", "namespace": ""},  # the page is built as a %-format: not read as one
     )
     contribution = rng.random((3, 4))
     contribution[1] = np.nan  # not explained

@@ -3,9 +3,10 @@
 prometheus_client formats every sample at every scrape through generic code (label-name
 validation, escaping, a list per sample): 15-30 us a sample, about a second per scrape at
 10,000 targets with their bands. The per-target families only change when a cycle publishes a
-new Snapshot, so they are rendered here once per Snapshot and output format, each target's
-label block built once for all its samples, and the cached bytes are spliced after the
-registry's own (small) output. The samples are the ones prometheus_client would write for the
+new Snapshot, so they are rendered here once per Snapshot and output format, and the cached
+bytes are spliced after the registry's own (small) output. Each family part's lines are kept
+as one %-format while the targets stay the same (SampleFormats), so a render is one C-level
+``format % values`` per part. The samples are the ones prometheus_client would write for the
 same families (same escaping, float formatting and family headers, in the 0.0.4 text format or
 OpenMetrics as the scraper asks); only the order of labels within a sample differs (target
 labels first), which the format leaves free.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -66,6 +67,7 @@ class Exposition:
         self._clock = clock
         self._lock = threading.Lock()  # one render per Snapshot even when two scrapes arrive together
         self._cached: tuple[Snapshot | None, bool, bytes] = (None, False, b"")
+        self._formats = SampleFormats(self._labels)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The page and its content type for a scraper's ``Accept`` header."""
@@ -84,39 +86,72 @@ class Exposition:
         with self._lock:
             cached, cached_format, text = self._cached
             if cached is not snapshot or cached_format != openmetrics:
-                text = "".join(render_targets(snapshot, self._labels, openmetrics)).encode()
+                text = "".join(render_targets(snapshot, self._formats, openmetrics)).encode()
                 self._cached = (snapshot, openmetrics, text)
             return text
 
 
-def render_targets(snapshot: Snapshot, labels: Sequence[str], openmetrics: bool = False) -> Iterator[str]:
+class SampleFormats:
+    """Per family part, the %-format of its samples (``name{<target labels>,<own>} %s`` a line),
+    kept while the snapshots hold the same targets and the same targets have a value (most
+    cycles): a render is then one ``format % values``, a C loop, instead of a Python step per
+    sample (~0.9 us each, 155,000 samples at 10,000 targets)."""
+
+    def __init__(self, target_labels: Sequence[str]) -> None:
+        self._labels = tuple(target_labels)
+        self._targets: Sequence[Mapping[str, str]] = ()
+        self._blocks: list[str] = []
+        self._formats: dict[tuple[str, str, str], tuple[bytes, str]] = {}
+
+    def of(
+        self, targets: Sequence[Mapping[str, str]], name: str, extra: str, conversion: str, rows: np.ndarray
+    ) -> str:
+        """The format of family ``name`` (own labels ``extra``) for ``targets[rows]``, each value
+        written by ``conversion`` (``%s``, ``%.6g``)."""
+        if targets is not self._targets and targets != self._targets:
+            self._blocks = [
+                ",".join(f'{label}="{_escape(target.get(label, ""))}"' for label in self._labels)
+                for target in targets
+            ]
+            self._formats = {}
+        self._targets = targets
+        chosen = rows.tobytes()
+        cached = self._formats.get((name, extra, conversion))
+        if cached is not None and cached[0] == chosen:
+            return cached[1]
+        own = f",{extra}" if extra else ""  # target labels are never empty (validated in config)
+        prefix = f"{name}{{".replace("%", "%%")
+        suffix = f"{own}}} ".replace("%", "%%") + conversion + "\n"
+        blocks = self._blocks
+        format_ = "".join([prefix + blocks[row].replace("%", "%%") + suffix for row in rows.tolist()])
+        self._formats[name, extra, conversion] = (chosen, format_)
+        return format_
+
+
+def render_targets(snapshot: Snapshot, formats: SampleFormats, openmetrics: bool = False) -> Iterator[str]:
     """Text of the per-target families, one string per family part. Each sample names the
-    target labels first (in the configured order, built once per target) and then its
-    family's own labels: one f-string per sample, no per-sample label handling."""
-    blocks = [
-        ",".join(f'{name}="{_escape(target.get(name, ""))}"' for name in labels)
-        for target in snapshot.targets
-    ]
+    target labels first (in the configured order) and then its family's own labels."""
     signals = [_escape(signal) for signal in snapshot.signals]
+    part = _Part(formats, snapshot.targets)
     horizon = f'horizon="{_escape(snapshot.horizon)}"'
     yield from _header("failure_probability", PROBABILITY_HELP, openmetrics)
-    yield from _samples("failure_probability", blocks, horizon, snapshot.probability)
+    yield part.samples("failure_probability", horizon, snapshot.probability)
     yield from _header("failure_risk_level", RISK_HELP, openmetrics)
-    yield from _samples("failure_risk_level", blocks, "", snapshot.risk.astype(float))
+    yield part.samples("failure_risk_level", "", snapshot.risk.astype(float))
     yield from _header("anomaly_score", ANOMALY_HELP, openmetrics)
-    yield from _samples("anomaly_score", blocks, "", snapshot.anomaly)
+    yield part.samples("anomaly_score", "", snapshot.anomaly)
     yield from _header("failure_probability_contribution", CONTRIBUTION_HELP, openmetrics)
     # Only targets at explain_min_risk or above are explained (SHAP is the costly part): the
     # others' contributions are NaN, and absent.
     for column, signal in enumerate(signals):
-        yield from _present(
-            "failure_probability_contribution", blocks, f'signal="{signal}"', snapshot.contribution[:, column]
+        yield part.samples(
+            "failure_probability_contribution", f'signal="{signal}"', snapshot.contribution[:, column]
         )
     if snapshot.bands is not None:
-        yield from _bands(snapshot.bands, blocks, openmetrics)
+        yield from _bands(snapshot.bands, part, openmetrics)
 
 
-def _bands(bands: Bands, blocks: list[str], openmetrics: bool) -> Iterator[str]:
+def _bands(bands: Bands, part: _Part, openmetrics: bool) -> Iterator[str]:
     """signal_expected and signal_time_to_limit_seconds; a NaN (no band yet, not approaching the
     limit) is simply absent."""
     signals = [_escape(signal) for signal in bands.signals]
@@ -125,33 +160,30 @@ def _bands(bands: Bands, blocks: list[str], openmetrics: bool) -> Iterator[str]:
         for column, signal in enumerate(signals):
             for index, bound in enumerate(BOUNDS):
                 where = f'signal="{signal}",bound="{bound}"'
-                yield from _present(
-                    "signal_expected", blocks, where, bands.expected[:, column, index], BAND_DIGITS
-                )
+                yield part.samples("signal_expected", where, bands.expected[:, column, index], BAND_DIGITS)
     yield from _header("signal_time_to_limit_seconds", LIMIT_HELP, openmetrics)
     for column, signal in enumerate(signals):
         where = f'signal="{signal}"'
-        yield from _present(
-            "signal_time_to_limit_seconds", blocks, where, bands.time_to_limit[:, column], BAND_DIGITS
-        )
+        yield part.samples("signal_time_to_limit_seconds", where, bands.time_to_limit[:, column], BAND_DIGITS)
 
 
-def _present(
-    name: str, blocks: list[str], extra: str, values: np.ndarray, digits: int | None = None
-) -> Iterator[str]:
-    """``_samples`` of the targets whose value is not NaN (a NaN sample is left out)."""
-    rows = np.flatnonzero(~np.isnan(values))
-    return _samples(name, [blocks[row] for row in rows.tolist()], extra, values[rows], digits)
+class _Part:
+    """The samples of one snapshot's family parts, through the cached formats."""
 
+    def __init__(self, formats: SampleFormats, targets: Sequence[Mapping[str, str]]) -> None:
+        self._formats, self._targets = formats, targets
 
-def _samples(
-    name: str, blocks: list[str], extra: str, values: np.ndarray, digits: int | None = None
-) -> Iterator[str]:
-    """One line per (target label block, value), ``extra`` the family's own labels; values in
-    full precision, or ``digits`` significant digits."""
-    texts = _go_floats(values, digits)
-    own = f",{extra}" if extra else ""  # target labels are never empty (validated in config)
-    yield "".join([f"{name}{{{block}{own}}} {text}\n" for block, text in zip(blocks, texts, strict=True)])
+    def samples(self, name: str, extra: str, values: np.ndarray, digits: int | None = None) -> str:
+        """One line per target whose value is not NaN (a NaN sample is left out); values in full
+        precision (Go's float text, as prometheus_client writes it), or ``digits`` significant
+        digits."""
+        rows = np.flatnonzero(~np.isnan(values))
+        present = values[rows]
+        if digits is not None and np.isfinite(present).all():
+            return self._formats.of(self._targets, name, extra, f"%.{digits}g", rows) % tuple(
+                present.tolist()
+            )
+        return self._formats.of(self._targets, name, extra, "%s", rows) % tuple(_go_floats(present, digits))
 
 
 def _go_floats(values: np.ndarray, digits: int | None = None) -> list[str]:

@@ -336,12 +336,11 @@ class AnomalyNormaliser:
     def retain(self, targets: Sequence[Mapping[str, str]]) -> np.ndarray:
         """Keep exactly these targets; returns their state rows, in order. A new target starts
         from its workload's statistics when ``workload_of`` finds one, else fresh."""
-        keys = [target_key(labels) for labels in targets]
-        if len(keys) == len(self._rows) and all(map(operator.eq, keys, self._rows)):
+        if len(targets) == len(self._labels) and all(map(operator.eq, targets, self._labels)):
             # The same targets in the same order (most cycles): nothing to move or copy.
-            self._labels = list(targets)
-            self.inherited = np.zeros(len(keys), dtype=bool)
-            return np.arange(len(keys))
+            self.inherited = np.zeros(len(targets), dtype=bool)
+            return np.arange(len(targets))
+        keys = [target_key(labels) for labels in targets]
         known, rows = set(keys), self._rows
         workloads = [  # a watched target's was named when it came (or by refresh_workloads)
             self._row_workloads[rows[key]]

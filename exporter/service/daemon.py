@@ -275,8 +275,7 @@ class Daemon:
         """Targets that started with no statistics (not inherited, not warmed or being warmed)
         wait for a warm-up of their own; while the replay of every target runs, it covers them,
         as it reads every target up to its newest step."""
-        rows = normaliser.rows_of(frame.targets)
-        cold = (evaluation.history <= 1) & ~normaliser.inherited[rows]
+        cold = (evaluation.history <= 1) & ~normaliser.inherited  # the cycle's targets, in order
         new = {target_key(frame.targets[i]) for i in np.flatnonzero(cold)} - self._warmed
         if self._full and warmup.running:
             self._warmed |= new

@@ -75,6 +75,7 @@ MEMORY_STEPS = 10_000  # running statistics: exact up to this many samples, expo
 MIN_STEPS = 3  # samples a target needs before its score says anything (then t-corrected)
 SETTLED_STEPS = 60  # samples after which the short-history correction has mostly faded
 BURST_STEPS = 100  # a step must beat the previous this-many steps' evidence to be reported
+SHAPE_BLOCK = 2048  # rows whose windows are standardised and scored together (bounds a cycle's memory)
 Z_CLIP = 50.0  # standardised samples beyond this are "far", however far
 BAND_Z = 3.0  # signal_expected: the band a normal sample leaves with probability 0.27 %
 NULL_ROWS = 10_000  # standard-normal windows the null forest is fitted on
@@ -536,13 +537,8 @@ class AnomalyNormaliser:
             level = offset + center
             half = band_width(count) * scale
             expected[:] = np.stack([level - half, level, level + half], axis=2)
-            # The season's level of the newest bin stands for the whole (short) window.
-            standard = (windows - level[:, None, :]) / scale[:, None, :]
-            value_z = normal_z(standard[:, -1, :], count)
-            # A missing sample reads as expected; a window with nothing to compare reads nothing.
-            embedded = np.clip(np.nan_to_num(standard, nan=0.0), -Z_CLIP, Z_CLIP)
-            shape = forest_score(self._forest, embedded.transpose(0, 2, 1).reshape(-1, self.embed_steps))
-        shape = shape.reshape(n, signals)
+            value_z = normal_z((windows[:, -1, :] - level) / scale, count)
+            shape = self._shape_scores(windows, level, scale)
         shape[~np.isfinite(scale)] = np.nan
         raw = np.column_stack([shape, forest_raw])
         # Pass 2: raw scores against the target's own raw scores so far, then bursts.
@@ -559,6 +555,22 @@ class AnomalyNormaliser:
         # Rows of one target are in time order: the last assignment is its newest.
         self._last_score[rows], self._last_expected[rows] = out, expected
         return Evaluation(out, expected, history)
+
+    def _shape_scores(self, windows: np.ndarray, level: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """The null forest's raw score of each row's standardised window per signal, ``[rows,
+        signals]``, in blocks of ``SHAPE_BLOCK`` rows: the standardised copies of a whole cycle's
+        windows (several times targets x steps x signals floats) never exist at once."""
+        n, signals = level.shape
+        shape = np.empty((n, signals))
+        for start in range(0, n, SHAPE_BLOCK):
+            block = slice(start, start + SHAPE_BLOCK)
+            # The season's level of the newest bin stands for the whole (short) window.
+            standard = (windows[block] - level[block, None, :]) / scale[block, None, :]
+            # A missing sample reads as expected; a window with nothing to compare reads nothing.
+            embedded = np.clip(np.nan_to_num(standard, nan=0.0), -Z_CLIP, Z_CLIP)
+            flat = embedded.transpose(0, 2, 1).reshape(-1, self.embed_steps)
+            shape[block] = forest_score(self._forest, flat).reshape(-1, signals)
+        return shape
 
     def _expect(self, rows: np.ndarray, times: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """(count, center, deviation, offset) per row and signal for the newest sample: the plain

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from exporter.frame import Frame
-from exporter.kernels import series_stats
+from exporter.kernels import by_rows, series_stats
 
 SHORT_SPAN = 10  # steps: the "recent" part of the window for short-span rates
 EDGE = 5  # steps averaged at each end of the window for the long-span rate
@@ -113,7 +113,7 @@ def window_features(values: np.ndarray, signals: Sequence[str]) -> Features:
     # One compiled pass over every (row, signal) series, each row's series contiguous, so a
     # target's features are computed alike alone (the API) and among all targets (the cycle).
     series = np.ascontiguousarray(values.transpose(0, 2, 1).reshape(rows * count, steps))
-    stats = series_stats(series, SHORT_SPAN, EDGE).reshape(rows, count, len(PER_SIGNAL))
+    stats = by_rows(series_stats, series, SHORT_SPAN, EDGE).reshape(rows, count, len(PER_SIGNAL))
 
     def stat(signal: str, name: str) -> np.ndarray:
         return stats[:, signals.index(signal), PER_SIGNAL.index(name)]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pyod.models.iforest import IForest
 
+from exporter.kernels import SPLIT_ROWS
 from exporter.models.forest import ArrayForest, ForestError, average_path_length
 
 
@@ -75,3 +76,15 @@ def test_a_forest_deeper_than_supported_is_refused():
 
     with pytest.raises(ForestError, match="deeper than 16"):
         ArrayForest(**chain, n_features=1, max_samples=256, offset=-0.5)
+
+
+def test_a_batch_split_across_cores_scores_as_row_by_row_blocks_do():
+    fitted = IForest(n_estimators=30, random_state=0).fit(np.random.default_rng(0).standard_normal((500, 6)))
+    forest = ArrayForest.from_sklearn(fitted.detector_)
+    X = np.random.default_rng(1).standard_normal((SPLIT_ROWS * 2 + 7, 6))
+
+    whole = forest.decision_function(X)  # split across the cores (this machine has 2)
+    pieces = np.concatenate([forest.decision_function(X[i : i + 1000]) for i in range(0, len(X), 1000)])
+
+    np.testing.assert_array_equal(whole, pieces)
+    np.testing.assert_allclose(whole, fitted.decision_function(X), rtol=1e-12, atol=1e-12)

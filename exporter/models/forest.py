@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.kernels import heap_path_sums
+from exporter.kernels import by_rows, heap_path_sums
 
 MAX_DEPTH = 16  # sklearn grows depth ceil(log2(max_samples)); 16 serves max_samples up to 65,536
 FIELDS = ("feature", "threshold", "left", "right", "samples")
@@ -207,7 +207,7 @@ class _Layout:
 
     def path_sums(self, X: np.ndarray) -> np.ndarray:
         """Sum over trees of the path length of each row of float32 ``X``."""
-        return heap_path_sums(X, self.feature, self.threshold, self.path, self.depth)
+        return by_rows(heap_path_sums, X, self.feature, self.threshold, self.path, self.depth)
 
 
 def _complete_layout(forest: ArrayForest) -> _Layout:

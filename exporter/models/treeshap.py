@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.kernels import heap_leaf_sums, leaf_shap
+from exporter.kernels import by_rows, heap_leaf_sums, leaf_shap
 
 MAX_PATH_FEATURES = 6  # tables grow as 2**m per leaf; the shipped trees need 4
 
@@ -122,8 +122,14 @@ class TreeShap:
     def margin(self, X: np.ndarray) -> np.ndarray:
         """XGBoost's raw margin: the values of the leaves each row reaches, plus the base."""
         heap = self.heap
-        return self.base + heap_leaf_sums(
-            self._float32(X), heap.feature, heap.threshold, heap.default_left, heap.value, heap.depth
+        return self.base + by_rows(
+            heap_leaf_sums,
+            self._float32(X),
+            heap.feature,
+            heap.threshold,
+            heap.default_left,
+            heap.value,
+            heap.depth,
         )
 
     def _float32(self, X: np.ndarray) -> np.ndarray:

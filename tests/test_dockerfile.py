@@ -177,8 +177,14 @@ def test_exposes_the_daemons_default_port():
 def test_bootstrap_model_comes_with_the_installed_package_not_a_copy():
     copies = [shlex.split(i.arguments) for stage in STAGES for i in stage if i.keyword == "COPY"]
     assert all("bootstrap_model" not in " ".join(c) and "models" not in " ".join(c) for c in copies), copies
-    assert PYPROJECT["tool"]["setuptools"]["package-data"]["exporter"] == ["bootstrap_model/*"]
+    shipped = PYPROJECT["tool"]["setuptools"]["package-data"]["exporter"]
+    assert sorted(shipped) == ["bootstrap_model/*", "models/*.npz"], (
+        "the bundle and the null forest ship in the wheel"
+    )
     assert (REPO / "exporter" / "bootstrap_model" / "manifest.json").is_file()
+    assert list((REPO / "exporter" / "models").glob("*.npz")), (
+        "the null forest the normaliser loads is in the tree"
+    )
     assert CHART_VALUES["model"]["bundledPath"] == "", "the chart serves the package's bundle by default"
 
 

@@ -268,8 +268,10 @@ class SeasonalProfile:
 
     def add(self, rows: np.ndarray, x: np.ndarray, level: np.ndarray) -> None:
         """Add the newest sample to its open visit and its residual from ``level`` to the statistics."""
-        present = np.isfinite(x)
-        self.open[rows, 1] += np.where(present, x, 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = self.open[rows, 1] + x
+        present = np.isfinite(total)  # an absurd sample that would overflow the visit's sum is left out
+        self.open[rows, 1] = np.where(present, total, self.open[rows, 1])
         self.open[rows, 2] += present
         self.residual.update(rows, x - level)
 

@@ -95,6 +95,23 @@ def test_batch_mixes_selectors_and_raw_values_in_order(url, frame):
     assert answers[1]["failure_probability"] == answers[2]["failure_probability"]
 
 
+def test_a_batch_answers_each_observation_as_it_would_be_answered_alone(url, frame):
+    body = [observation(frame, row) for row in range(len(frame.targets))]
+
+    batch = post(url, body, top_features=1000).json()["predictions"]
+
+    assert batch == [post(url, item, top_features=1000).json() for item in body]
+
+
+def test_a_body_the_general_decoder_reads_is_answered_as_the_compiled_one(url, frame):
+    raw = [observation(frame, row) for row in range(len(frame.targets))]
+
+    compiled = post(url, raw).json()["predictions"]
+    general = post(url, [*raw, dict(frame.targets[0])]).json()["predictions"]  # a selector: pydantic's path
+
+    assert general[:-1] == compiled
+
+
 def test_explanations_add_up_to_the_margin(url, frame, tiny):
     body = [observation(frame, row) for row in range(len(frame.targets))]
 

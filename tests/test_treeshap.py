@@ -59,6 +59,16 @@ def test_a_trained_bundle_is_explained_as_xgboost_does(tiny):
     np.testing.assert_allclose(tiny.bundle.explainer.contributions(X), expected, rtol=0, atol=1e-5)
 
 
+def test_a_row_explained_in_a_batch_gets_the_values_it_gets_alone(booster):
+    X = rows(600, 4)
+    shap = served(booster)
+
+    batch = shap.contributions(X)  # leaf by leaf over blocks of rows
+
+    np.testing.assert_array_equal(batch, np.vstack([shap.contributions(row[None]) for row in X]))
+    np.testing.assert_array_equal(batch[:7], shap.contributions(X[:7]))
+
+
 def test_infinite_values_count_as_missing(booster):
     X = rows(50, 3)
     infinite = X.copy()

@@ -40,6 +40,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from exporter import __version__
 from exporter.config import ApiSettings, format_duration
+from exporter.models.bundle import ModelBundle
 from exporter.service.daemon import Daemon, check_compatibility, served_horizon
 from exporter.service.history import ProbabilityHistory, TargetKey, target_key
 from exporter.service.predict import (
@@ -47,6 +48,7 @@ from exporter.service.predict import (
     MIN_POINTS,
     ApiError,
     Explained,
+    ParsedBody,
     Scorer,
     describe,
     parse_request,
@@ -102,7 +104,7 @@ PREDICTION_EXAMPLE = {
 
 class FastJSONResponse(JSONResponse):
     """JSON by orjson: a batch of 1,000 answers encodes in a fraction of ``json.dumps``' time
-    (answers hold no NaN: ``predict._finite`` turned them into null already)."""
+    (answers hold no NaN: ``predict.describe`` turned them into null already)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
@@ -419,15 +421,11 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
         if parsed.values is not None:
             features, scores = await scorer.score(bundle, parsed.values, parsed.ends)
             explain = partial(
-                describe, Explained.of_scores(bundle, features, scores), parsed.steps, top_features
+                answer_windows, bundle, Explained.of_scores(bundle, features, scores), parsed, top_features
             )
-            described = await run_in_threadpool(explain) if len(parsed.values) > OFFLOAD_ROWS else explain()
-            version = bundle.manifest.version
-            for position, answer, end, step in zip(
-                parsed.raw_positions, described, parsed.ends.tolist(), parsed.steps.tolist(), strict=True
-            ):
-                horizon = format_duration(served_horizon(bundle, step))
-                answers[position] = _ordered(answer, None, horizon, version, end)
+            found = await run_in_threadpool(explain) if len(parsed.values) > OFFLOAD_ROWS else explain()
+            for position, answer in zip(parsed.raw_positions, found, strict=True):
+                answers[position] = answer
         return FastJSONResponse(answers[0] if parsed.single else {"predictions": answers})
 
     schemas: dict[Any, dict[str, Any]] = {}
@@ -518,6 +516,21 @@ def answer_selectors(snapshot: Snapshot, rows: Sequence[int], step: float, top: 
     return [
         _ordered(answer, dict(snapshot.targets[row]), snapshot.horizon, model, snapshot.data_time)
         for answer, row in zip(described, rows, strict=True)
+    ]
+
+
+def answer_windows(
+    bundle: ModelBundle, explained: Explained, parsed: ParsedBody, top: int
+) -> list[dict[str, Any]]:
+    """The answers to the raw-value observations of ``parsed``, scored as ``explained``."""
+    steps = parsed.steps.tolist()
+    horizons = {step: format_duration(served_horizon(bundle, step)) for step in set(steps)}
+    version = bundle.manifest.version
+    return [
+        _ordered(answer, None, horizons[step], version, end)
+        for answer, end, step in zip(
+            describe(explained, steps, top), parsed.ends.tolist(), steps, strict=True
+        )
     ]
 
 

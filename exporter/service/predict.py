@@ -16,9 +16,10 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -38,6 +39,7 @@ from pydantic import (
 
 from exporter.config import parse_duration
 from exporter.features import SHORT_SPAN, Features, signal_weights, window_features
+from exporter.kernels import observation_windows
 from exporter.models.bundle import ModelBundle, Scores
 from exporter.recommend import recommend
 from exporter.snapshot import RISK_NAMES, Snapshot, contribution_shares, risk_levels
@@ -248,7 +250,26 @@ def parse_request(
     default_step: float,
     clock: Callable[[], float] = time.time,
 ) -> ParsedBody:
-    """Decode and validate; raise ApiError naming each bad field (422), or 503 without a model."""
+    """Decode and validate; raise ApiError naming each bad field (422), or 503 without a model.
+
+    Bodies of raw values only, valid as they stand, are decoded straight into arrays
+    (``windows``); every other body, and so every error, takes ``parse_document``."""
+    if bundle is not None:
+        parsed = windows(body, bundle, max_batch, default_step, clock)
+        if parsed is not None:
+            return parsed
+    return parse_document(body, adapter, bundle, max_batch, default_step, clock)
+
+
+def parse_document(
+    body: bytes,
+    adapter: TypeAdapter,
+    bundle: ModelBundle | None,
+    max_batch: int,
+    default_step: float,
+    clock: Callable[[], float] = time.time,
+) -> ParsedBody:
+    """``parse_request`` for any body: JSON decoded to Python objects, validated by pydantic."""
     doc = _decode(body)
     single = isinstance(doc, dict)
     if _SURROGATE_ESCAPE.search(body):
@@ -331,6 +352,75 @@ def parse_request(
         steps=np.array([default_step if item.step is None else item.step for _, item in raw]),
         selectors=selectors,
     )
+
+
+def windows(
+    body: bytes,
+    bundle: ModelBundle,
+    max_batch: int,
+    default_step: float,
+    clock: Callable[[], float] = time.time,
+) -> ParsedBody | None:
+    """A body of raw-value observations decoded by one compiled pass (kernels.observation_windows),
+    without a Python object per sample: what ``parse_request``'s general path would return for
+    it, or None when the body is anything else (a selector, an error to report, JSON in an
+    unusual form) and only that path can judge it."""
+    manifest = bundle.manifest
+    names, name_ends = _name_table(manifest.signals)
+    accepted, single, values, kinds, numbers, spans, long_text, long_index = observation_windows(
+        np.frombuffer(body, np.uint8), names, name_ends, manifest.window_steps, MIN_POINTS, max_batch
+    )
+    if not accepted:
+        return None
+    if len(long_index):  # numpy's text parser rounds exactly, as float does
+        longs = np.fromstring(long_text.tobytes(), dtype=np.float64, sep=" ")
+        if len(longs) != len(long_index) or not np.isfinite(longs).all():
+            return None
+        values.reshape(-1)[long_index] = longs
+    try:
+        steps = _scalars(body, kinds[:, 0], numbers[:, 0], spans[:, 0], _step, default_step)
+        ends = _scalars(body, kinds[:, 1], numbers[:, 1], spans[:, 1], _unix_seconds, clock())
+    except (ValueError, OverflowError):
+        return None
+    return ParsedBody(
+        single=single,
+        size=len(values),
+        raw_positions=list(range(len(values))),
+        values=values,
+        ends=ends,
+        steps=steps,
+    )
+
+
+def _scalars(
+    body: bytes,
+    kinds: np.ndarray,
+    numbers: np.ndarray,
+    spans: np.ndarray,
+    check: Callable[[Any], float],
+    default: float,
+) -> np.ndarray:
+    """A step or timestamp column from ``observation_windows``: ``default`` where none was
+    given, elsewhere what ``check`` makes of the value (once per distinct text)."""
+    out = np.full(len(kinds), default)
+    checked: dict[bytes, float] = {}
+    for row in np.flatnonzero(kinds).tolist():
+        start, end = spans[row].tolist()
+        text = body[start:end]
+        if text not in checked:
+            kind = kinds[row]
+            checked[text] = check(text.decode() if kind == 3 else float(text if kind == 2 else numbers[row]))
+        out[row] = checked[text]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _name_table(signals: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    encoded = [name.encode() for name in signals]
+    names = np.frombuffer(b"".join(encoded), np.uint8).copy()
+    ends = np.cumsum([len(name) for name in encoded]).astype(np.int64)
+    names.flags.writeable = False
+    return names, ends
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -444,33 +534,38 @@ class Explained:
 
 
 def describe(
-    explained: Explained, steps: np.ndarray, top_features: int = DEFAULT_TOP_FEATURES
+    explained: Explained, steps: Sequence[float], top_features: int = DEFAULT_TOP_FEATURES
 ) -> list[dict[str, Any]]:
-    """Per row: probability, risk level, anomaly score, explanation and recommendations."""
-    levels = risk_levels(explained.probability)
-    explanation: list[Any] = [None] * len(explained.probability)
-    feature_maps: list[dict[str, float]] = [{}] * len(explained.probability)
+    """Per row: probability, risk level, anomaly score, explanation and recommendations.
+
+    The arrays become Python lists once, whole (a thousand rows' numbers cost what a
+    thousand numpy scalars would cost to convert one by one), and rows are plain zips of them."""
+    rows = len(explained.probability)
+    levels = risk_levels(explained.probability).tolist()
+    probability, anomaly = explained.probability.tolist(), explained.anomaly.tolist()
+    shares = explained.shares.tolist()
+    explanation: list[Any] = [None] * rows
+    feature_maps: list[Mapping[str, float]] = [{}] * rows
     if explained.contributions is not None and explained.values is not None:
-        explanation, feature_maps = _explanations(explained, top_features)
+        explanation = _explanations(explained, top_features)
+        index = _positions(explained.features)
+        feature_maps = [_RowFeatures(index, row) for row in explained.values.tolist()]
+    signals = explained.signals
     return [
         {
-            "failure_probability": float(explained.probability[row]),
-            "risk_level": RISK_NAMES[levels[row]],
-            "anomaly_score": float(explained.anomaly[row]),
-            "explanation": explanation[row],
-            "recommendations": recommend(
-                float(explained.probability[row]),
-                float(explained.anomaly[row]),
-                dict(zip(explained.signals, explained.shares[row].tolist(), strict=True)),
-                feature_maps[row],
-                float(steps[row]),
-            ),
+            "failure_probability": p,
+            "risk_level": RISK_NAMES[level],
+            "anomaly_score": a,
+            "explanation": explained_row,
+            "recommendations": recommend(p, a, dict(zip(signals, share, strict=True)), features, step),
         }
-        for row in range(len(explained.probability))
+        for p, level, a, explained_row, share, features, step in zip(
+            probability, levels, anomaly, explanation, shares, feature_maps, steps, strict=True
+        )
     ]
 
 
-def _explanations(explained: Explained, top_features: int) -> tuple[list[dict], list[dict[str, float]]]:
+def _explanations(explained: Explained, top_features: int) -> list[dict[str, Any]]:
     contributions, values = explained.contributions, explained.values
     weights = _weights(explained.features, explained.signals)
     by_signal = contributions[:, :-1] @ weights
@@ -478,35 +573,67 @@ def _explanations(explained: Explained, top_features: int) -> tuple[list[dict], 
     margin = contributions.sum(axis=1)
     signal_order = np.argsort(-by_signal, axis=1, kind="stable")
     feature_order = np.argsort(-np.abs(contributions[:, :-1]), axis=1, kind="stable")[:, :top_features]
-    names, signals = explained.features, explained.signals
-    explanations, feature_maps = [], []
-    for row in range(len(contributions)):
-        row_values = values[row].tolist()
-        explanations.append(
-            {
-                "base_value": float(contributions[row, -1]),
-                "margin": float(margin[row]),
-                "signals": [
-                    {
-                        "signal": signals[s],
-                        "contribution": float(by_signal[row, s]),
-                        "share": float(explained.shares[row, s]),
-                    }
-                    for s in signal_order[row]
-                ],
-                "unattributed": float(unattributed[row]),
-                "top_features": [
-                    {
-                        "feature": names[f],
-                        "value": _finite(row_values[f]),
-                        "contribution": float(contributions[row, f]),
-                    }
-                    for f in feature_order[row]
-                ],
-            }
+    top_values = np.take_along_axis(values, feature_order, axis=1)
+    top_values = np.where(np.isfinite(top_values), top_values, None)  # JSON has no NaN: null
+    signal_parts = zip(
+        np.asarray(explained.signals, dtype=object)[signal_order].tolist(),
+        np.take_along_axis(by_signal, signal_order, axis=1).tolist(),
+        np.take_along_axis(explained.shares, signal_order, axis=1).tolist(),
+        strict=True,
+    )
+    feature_parts = zip(
+        np.asarray(explained.features, dtype=object)[feature_order].tolist(),
+        top_values.tolist(),
+        np.take_along_axis(contributions, feature_order, axis=1).tolist(),
+        strict=True,
+    )
+    return [
+        {
+            "base_value": base,
+            "margin": total,
+            "signals": [
+                {"signal": name, "contribution": part, "share": share}
+                for name, part, share in zip(*by_signal_row, strict=True)
+            ],
+            "unattributed": rest,
+            "top_features": [
+                {"feature": name, "value": value, "contribution": part}
+                for name, value, part in zip(*feature_row, strict=True)
+            ],
+        }
+        for base, total, rest, by_signal_row, feature_row in zip(
+            contributions[:, -1].tolist(),
+            margin.tolist(),
+            unattributed.tolist(),
+            signal_parts,
+            feature_parts,
+            strict=True,
         )
-        feature_maps.append(dict(zip(names, row_values, strict=True)))
-    return explanations, feature_maps
+    ]
+
+
+class _RowFeatures(Mapping[str, float]):
+    """One row's window features by name, for ``recommend`` (which reads a few of them, and
+    only for rows at risk): a view of the row, not a dict of all its features."""
+
+    __slots__ = ("_index", "_row")
+
+    def __init__(self, index: Mapping[str, int], row: list[float]) -> None:
+        self._index, self._row = index, row
+
+    def __getitem__(self, name: str) -> float:
+        return self._row[self._index[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+@functools.lru_cache(maxsize=8)
+def _positions(features: tuple[str, ...]) -> Mapping[str, int]:
+    return MappingProxyType({name: i for i, name in enumerate(features)})
 
 
 @functools.lru_cache(maxsize=8)
@@ -515,10 +642,6 @@ def _weights(features: tuple[str, ...], signals: tuple[str, ...]) -> np.ndarray:
     weights = signal_weights(features, signals)
     weights.flags.writeable = False
     return weights
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 class Scorer:

@@ -161,9 +161,8 @@ def leaf_shap(
                 finite = np.isfinite(x)
                 inside = (low[leaf, k] <= x) & (x < high[leaf, k])
                 met |= np.int64((finite & inside) | (~finite & missing[leaf, k])) << k
-            entry = (leaf << width) + met
             for k in range(m):
-                out[i, feature[leaf, k]] += table[entry, k]
+                out[i, feature[leaf, k]] += table[leaf, k, met]
     return out
 
 
@@ -179,34 +178,30 @@ def leaf_shap_columns(
     n_features: int,
     bias: float,
 ) -> np.ndarray:
-    """``leaf_shap`` of the rows ``XT`` [features, rows] (float32) holds as columns, returned as
-    [features + 1, rows]: each leaf tests one feature over a block of rows, contiguous in
-    memory and with the leaf's table in L1, instead of every leaf once per row (~2.5x faster
-    from a few rows on). Each row's values add up leaf after leaf as in ``leaf_shap``, so a
-    row's SHAP values do not depend on the batch it came in."""
+    """``leaf_shap`` of the rows ``XT`` [features, rows] (float32, a missing value NaN, not
+    infinite) holds as columns, returned as [features + 1, rows]: each leaf tests one
+    feature over a block of rows, contiguous in memory and with the leaf's table in L1,
+    instead of every leaf once per row (~3x faster from a few rows on). Each row's values add
+    up leaf after leaf as in ``leaf_shap``, so they do not depend on the batch it came in."""
     rows = XT.shape[1]
     leaves, width = feature.shape
     out = np.zeros((n_features + 1, rows))
     out[n_features] = bias
-    met = np.empty(BLOCK_ROWS, np.int64)
+    met = np.empty(BLOCK_ROWS, np.int32)
     for start in range(0, rows, BLOCK_ROWS):
         count = min(rows, start + BLOCK_ROWS) - start
         for leaf in range(leaves):
-            m = size[leaf]
-            padding = ((1 << width) - 1) ^ ((1 << m) - 1)
-            for r in range(count):
-                met[r] = padding
-            for k in range(m):
-                f, lo, hi, miss, bit = feature[leaf, k], low[leaf, k], high[leaf, k], missing[leaf, k], 1 << k
+            met[:count] = ((1 << width) - 1) ^ ((1 << size[leaf]) - 1)
+            for k in range(size[leaf]):
+                lo, hi, miss, bit = low[leaf, k], high[leaf, k], missing[leaf, k], np.int32(1 << k)
+                x = XT[feature[leaf, k], start : start + count]
                 for r in range(count):
-                    x = XT[f, start + r]
-                    finite = np.isfinite(x)
-                    met[r] |= np.int64((finite & (lo <= x) & (x < hi)) | (~finite & miss)) * bit
-            entry = leaf << width
-            for k in range(m):
-                f = feature[leaf, k]
+                    met[r] |= np.int32(((lo <= x[r]) & (x[r] < hi)) | ((x[r] != x[r]) & miss)) * bit
+            for k in range(size[leaf]):
+                part = table[leaf, k]
+                into = out[feature[leaf, k], start : start + count]
                 for r in range(count):
-                    out[f, start + r] += table[entry + met[r], k]
+                    into[r] += part[met[r]]
     return out
 
 

@@ -4,6 +4,7 @@ them, target selectors answered from the latest cycle, explanations that add up,
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 
@@ -101,6 +102,7 @@ def test_a_batch_answers_each_observation_as_it_would_be_answered_alone(url, fra
     batch = post(url, body, top_features=1000).json()["predictions"]
 
     assert batch == [post(url, item, top_features=1000).json() for item in body]
+    assert gc.isenabled()  # paused only while the answers were built
 
 
 def test_a_body_the_general_decoder_reads_is_answered_as_the_compiled_one(url, frame):

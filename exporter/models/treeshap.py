@@ -41,8 +41,8 @@ class TreeShapError(ValueError):
 @dataclass(frozen=True, eq=False)
 class TreeShap:
     """Per leaf (all trees): its path features padded to ``width`` and the interval each must
-    lie in; ``table[leaf * 2**width + met, k]`` is its part of the k-th path feature's value
-    when ``met`` is the bit set of conditions the row meets."""
+    lie in; ``table[leaf, k, met]`` is its part of the k-th path feature's value when ``met``
+    is the bit set of conditions the row meets."""
 
     n_features: int
     width: int
@@ -51,7 +51,7 @@ class TreeShap:
     high: np.ndarray
     missing: np.ndarray  # [leaves, width] bool: a missing value meets the condition
     size: np.ndarray  # [leaves] int64: how many of the width path features are real (the rest pad)
-    table: np.ndarray  # [leaves * 2**width, width] float32: half the cache lines of float64
+    table: np.ndarray  # [leaves, width, 2**width] float32: half the cache lines of float64
     base: float  # the booster's base margin
     bias: float  # expected margin: cover-weighted mean leaf value plus the base
     heap: HeapTrees  # the same trees for the margin: a walk per tree instead of every leaf's test
@@ -96,7 +96,7 @@ class TreeShap:
             high=high,
             missing=missing,
             size=sizes.astype(np.int64),
-            table=table.reshape(count << width, width).astype(np.float32),
+            table=np.ascontiguousarray(table.transpose(0, 2, 1), dtype=np.float32),
             base=base,
             bias=expected + base,
             heap=HeapTrees.of(trees),
@@ -109,7 +109,9 @@ class TreeShap:
         if len(X) < COLUMN_ROWS:
             out = leaf_shap(X, *tables, self.n_features, self.bias)
         else:
-            out = leaf_shap_columns(np.ascontiguousarray(X.T), *tables, self.n_features, self.bias).T
+            columns = np.ascontiguousarray(X.T)
+            columns[~np.isfinite(columns)] = np.nan  # the kernel reads only NaN as missing
+            out = leaf_shap_columns(columns, *tables, self.n_features, self.bias).T
         # Rounded to float32 as XGBoost's own are: sums of them in float64 (margins, per-signal
         # shares) then come out the same whatever the batch a row was scored in.
         return out.astype(np.float32).astype(np.float64, order="C")

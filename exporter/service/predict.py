@@ -549,7 +549,7 @@ def describe(
     if explained.contributions is not None and explained.values is not None:
         explanation = _explanations(explained, top_features)
         index = _positions(explained.features)
-        feature_maps = [_RowFeatures(index, row) for row in explained.values.tolist()]
+        feature_maps = [_RowFeatures(index, explained.values, row) for row in range(rows)]
     signals = explained.signals
     return [
         {
@@ -616,13 +616,13 @@ class _RowFeatures(Mapping[str, float]):
     """One row's window features by name, for ``recommend`` (which reads a few of them, and
     only for rows at risk): a view of the row, not a dict of all its features."""
 
-    __slots__ = ("_index", "_row")
+    __slots__ = ("_index", "_row", "_values")
 
-    def __init__(self, index: Mapping[str, int], row: list[float]) -> None:
-        self._index, self._row = index, row
+    def __init__(self, index: Mapping[str, int], values: np.ndarray, row: int) -> None:
+        self._index, self._values, self._row = index, values, row
 
     def __getitem__(self, name: str) -> float:
-        return self._row[self._index[name]]
+        return float(self._values[self._row, self._index[name]])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)

@@ -28,6 +28,7 @@ clusters, and a classifier that learns the clock pages by the clock.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,11 @@ class Features:
 
 def feature_names(signals: Sequence[str]) -> tuple[str, ...]:
     """Column order for a signal list; the model bundle stores it to check at load."""
+    return _feature_names(tuple(signals))
+
+
+@functools.lru_cache(maxsize=16)
+def _feature_names(signals: tuple[str, ...]) -> tuple[str, ...]:
     names = [f"{signal}_{stat}" for signal in signals for stat in PER_SIGNAL]
     names += [f"{signal}_exhaustion_steps" for signal in LIMITED_SIGNALS if signal in signals]
     if "cpu" in signals and "memory" in signals:
@@ -182,13 +188,23 @@ def nan_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def select(features: Features, names: Sequence[str]) -> np.ndarray:
-    """Columns in the order a model expects; a feature this frame lacks is all-NaN."""
-    index = {name: i for i, name in enumerate(features.names)}
-    out = np.full((len(features.values), len(names)), np.nan)
-    for column, name in enumerate(names):
-        if name in index:
-            out[:, column] = features.values[:, index[name]]
+    """Columns in the order a model expects (float64); a feature this frame lacks is all-NaN."""
+    columns, absent = _column_order(tuple(features.names), tuple(names))
+    out = np.ascontiguousarray(features.values[:, columns], dtype=np.float64)
+    if absent.any():
+        out[:, absent] = np.nan
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _column_order(have: tuple[str, ...], want: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Where each wanted name is among ``have`` (0 where absent) and which are absent: worked
+    out once per pair of name lists, not per call (a model asks for the same ones every time)."""
+    index = {name: i for i, name in enumerate(have)}
+    columns = np.array([index.get(name, 0) for name in want], dtype=np.intp)
+    absent = np.array([name not in index for name in want], dtype=bool)
+    columns.flags.writeable = absent.flags.writeable = False
+    return columns, absent
 
 
 def signal_weights(names: Sequence[str], signals: Sequence[str]) -> np.ndarray:

@@ -405,10 +405,11 @@ def create_app(daemon: Daemon, run_scheduler: bool = True) -> FastAPI:
         latest cycle. Each answer has the probability, risk level, anomaly score,
         SHAP explanation (log-odds: `base_value` + contributions = `margin`) and advice.
         """
-        body = await read_body(request, api.max_body_bytes)
-        bundle = daemon.state.bundle
-        parse = partial(parse_request, body, adapter, bundle, api.max_batch, settings.step)
-        parsed = await run_in_threadpool(parse) if len(body) > OFFLOAD_BYTES else parse()
+        with scorer.reading():
+            body = await read_body(request, api.max_body_bytes)
+            bundle = daemon.state.bundle
+            parse = partial(parse_request, body, adapter, bundle, api.max_batch, settings.step)
+            parsed = await run_in_threadpool(parse) if len(body) > OFFLOAD_BYTES else parse()
         answers: list[Any] = [None] * parsed.size
         if parsed.selectors:
             located = [

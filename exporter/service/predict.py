@@ -17,6 +17,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -567,24 +568,25 @@ def describe(
 
 def _explanations(explained: Explained, top_features: int) -> list[dict[str, Any]]:
     contributions, values = explained.contributions, explained.values
-    weights = _weights(explained.features, explained.signals)
-    by_signal = contributions[:, :-1] @ weights
-    unattributed = contributions[:, :-1] @ (weights.sum(axis=1) == 0)
+    layout = _layout(explained.features, explained.signals)
+    by_signal = contributions[:, :-1] @ layout.weights
+    unattributed = contributions[:, :-1] @ layout.unattributed
     margin = contributions.sum(axis=1)
     signal_order = np.argsort(-by_signal, axis=1, kind="stable")
     feature_order = np.argsort(-np.abs(contributions[:, :-1]), axis=1, kind="stable")[:, :top_features]
-    top_values = np.take_along_axis(values, feature_order, axis=1)
+    rows = np.arange(len(contributions))[:, None]  # row i's entries in the order of row i
+    top_values = values[rows, feature_order]
     top_values = np.where(np.isfinite(top_values), top_values, None)  # JSON has no NaN: null
     signal_parts = zip(
-        np.asarray(explained.signals, dtype=object)[signal_order].tolist(),
-        np.take_along_axis(by_signal, signal_order, axis=1).tolist(),
-        np.take_along_axis(explained.shares, signal_order, axis=1).tolist(),
+        layout.signals[signal_order].tolist(),
+        by_signal[rows, signal_order].tolist(),
+        explained.shares[rows, signal_order].tolist(),
         strict=True,
     )
     feature_parts = zip(
-        np.asarray(explained.features, dtype=object)[feature_order].tolist(),
+        layout.features[feature_order].tolist(),
         top_values.tolist(),
-        np.take_along_axis(contributions, feature_order, axis=1).tolist(),
+        contributions[rows, feature_order].tolist(),
         strict=True,
     )
     return [
@@ -636,21 +638,38 @@ def _positions(features: tuple[str, ...]) -> Mapping[str, int]:
     return MappingProxyType({name: i for i, name in enumerate(features)})
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What explaining a model's rows needs of its names, worked out once per model (read only)."""
+
+    weights: np.ndarray  # signal_weights
+    unattributed: np.ndarray  # [features] 1.0 for a feature of no signal
+    signals: np.ndarray  # the names as object arrays, for fancy indexing by row
+    features: np.ndarray
+
+
 @functools.lru_cache(maxsize=8)
-def _weights(features: tuple[str, ...], signals: tuple[str, ...]) -> np.ndarray:
-    """signal_weights, once per model rather than once per request (read only)."""
+def _layout(features: tuple[str, ...], signals: tuple[str, ...]) -> _Layout:
     weights = signal_weights(features, signals)
-    weights.flags.writeable = False
-    return weights
+    layout = _Layout(
+        weights=weights,
+        unattributed=(weights.sum(axis=1) == 0).astype(float),
+        signals=np.asarray(signals, dtype=object),
+        features=np.asarray(features, dtype=object),
+    )
+    for array in (layout.weights, layout.unattributed, layout.signals, layout.features):
+        array.flags.writeable = False
+    return layout
 
 
 class Scorer:
     """Scores windows for concurrent requests, coalescing them into one model call.
 
     The drain runs as a task: requests whose bodies are already readable when the
-    first arrives are parsed before it starts and join its call, and while a call
-    runs, newcomers queue up for the next one (up to ``max_rows``). A lone request
-    waits for nothing and a burst of single predictions costs a few batched calls
+    first arrives are parsed before it starts and join its call, those still being
+    read (``reading``) are waited for a few loop turns, and while a call runs,
+    newcomers queue up for the next one (up to ``max_rows``). A lone request waits
+    for nothing and a burst of single predictions costs a few batched calls
     instead of one each. Calls of up to ``INLINE_ROWS`` rows run on the event loop
     (a thread hop costs as much as the call); larger ones in a worker thread, one
     at a time, so /metrics keeps answering and the API cannot starve the scoring
@@ -661,6 +680,16 @@ class Scorer:
         self.max_rows = max_rows
         self._queue: deque[_Job] = deque()
         self._worker: asyncio.Task | None = None
+        self._reading = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around reading and parsing a request body that may then be scored."""
+        self._reading += 1
+        try:
+            yield
+        finally:
+            self._reading -= 1
 
     async def score(
         self, bundle: ModelBundle, values: np.ndarray, ends: np.ndarray
@@ -674,9 +703,10 @@ class Scorer:
 
     async def _drain(self) -> None:
         while self._queue:
-            # Let request handlers that are already runnable reach the queue: their bodies
-            # arrived with this one, and one call for all is cheaper than one call each.
-            for _ in range(GATHER_YIELDS):
+            # Let requests still being read reach the queue (those already runnable have, before
+            # this task ran): their bodies arrived with this one, and one call for all is cheaper
+            # than one call each. With none, a loop turn would only delay this call.
+            for _ in range(GATHER_YIELDS if self._reading else 0):
                 waiting = len(self._queue)
                 await asyncio.sleep(0)
                 if len(self._queue) == waiting:

@@ -13,10 +13,12 @@ import pytest
 import requests
 from apiserver import WINDOW, FixedSource, app_server, observation, serving, settings_with
 from helpers import Tiny
+from servers import free_port
 
 from exporter.features import frame_features, window_features
 from exporter.frame import Frame
 from exporter.recommend import NO_ACTION
+from exporter.service.api import make_server
 from exporter.service.daemon import Daemon
 from exporter.snapshot import RISK_NAMES
 
@@ -112,6 +114,40 @@ def test_a_body_the_general_decoder_reads_is_answered_as_the_compiled_one(url, f
     general = post(url, [*raw, dict(frame.targets[0])]).json()["predictions"]  # a selector: pydantic's path
 
     assert general[:-1] == compiled
+
+
+def test_answers_on_one_keep_alive_connection_arrive_whole_and_in_order(url, tiny, frame):
+    """The daemon's own server joins an answer's writes into one send, made as soon as the
+    answer is complete; large answers (over 64 KiB) go out at once."""
+    settings = settings_with(max_batch=MAX_BATCH, max_body_bytes=MAX_BODY)
+    daemon = Daemon(settings, FixedSource(frame), tiny.bundle)
+    daemon.cycle()
+    batch = [observation(frame, row % len(frame.targets)) for row in range(30)]
+    bodies = [
+        batch,
+        observation(frame, 0),
+        {"signals": {}},
+        batch,
+        observation(frame, 1),
+        dict(frame.targets[2]),
+    ]
+
+    with serving(make_server(daemon, "127.0.0.1", free_port())) as base, requests.Session() as session:
+        answers = [
+            session.post(
+                f"{base}/api/v1/predict", data=json.dumps(body), params={"top_features": 1000}, timeout=30
+            )
+            for body in bodies
+        ]
+
+    assert len(answers[0].content) > 64 * 1024
+    expected = [post(url, body, top_features=1000) for body in bodies]
+    assert (
+        [a.status_code for a in answers]
+        == [e.status_code for e in expected]
+        == [200, 200, 422, 200, 200, 200]
+    )
+    assert [a.json() for a in answers] == [e.json() for e in expected]
 
 
 def test_explanations_add_up_to_the_margin(url, frame, tiny):

@@ -678,14 +678,14 @@ class _CoalescedWrites:
 
     def write(self, data: bytes) -> None:
         if len(data) >= self.LARGE:
-            self._flush()
+            self.flush()
             self._transport.write(data)
             return
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self.flush)
         self._pending.append(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()
@@ -693,11 +693,11 @@ class _CoalescedWrites:
                 self._transport.write(data)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def write_eof(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.write_eof()
 
     def abort(self) -> None:
@@ -709,10 +709,16 @@ class _CoalescedWrites:
 
 
 class CoalescingH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol over ``_CoalescedWrites``."""
+    """uvicorn's HTTP/1.1 protocol over ``_CoalescedWrites``, which it flushes as soon as an
+    answer is complete: the client has it while the handler's epilogue (middleware, metrics)
+    still runs, instead of a loop turn later."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_CoalescedWrites(transport))  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()
 
 
 def make_server(daemon: Daemon, address: str, port: int) -> uvicorn.Server:

@@ -1,6 +1,6 @@
 """The compiled decoder of raw-value bodies (predict.windows) answers exactly what the general
-path (orjson + pydantic, predict.parse_document) answers, and leaves every body it is not sure
-of, so every error, to that path."""
+path (orjson + pydantic, ``parse_request(compiled=False)``) answers, and leaves every body it is
+not sure of, so every error, to that path."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from helpers import Tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.service.predict import ApiError, ParsedBody, parse_document, request_adapter, windows
+from exporter.service.predict import ApiError, ParsedBody, parse_request, request_adapter, windows
 
 MAX_BATCH = 30
 STEP = 60.0
@@ -28,7 +28,7 @@ def clock() -> float:
 
 def general(body: bytes, tiny: Tiny) -> ParsedBody | ApiError:
     try:
-        return parse_document(body, ADAPTER, tiny.bundle, MAX_BATCH, STEP, clock)
+        return parse_request(body, ADAPTER, tiny.bundle, MAX_BATCH, STEP, clock, compiled=False)
     except ApiError as exc:
         return exc
 

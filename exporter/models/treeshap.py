@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.kernels import COLUMN_ROWS, by_rows, heap_leaf_sums, leaf_shap, leaf_shap_columns
+from exporter.kernels import by_rows, heap_leaf_sums, leaf_shap
 
 MAX_PATH_FEATURES = 6  # tables grow as 2**m per leaf; the shipped trees need 4
 
@@ -104,17 +104,20 @@ class TreeShap:
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """SHAP values ``[rows, features + 1]`` on the margin, the last column the bias."""
-        X = self._float32(X)
-        tables = (self.feature, self.low, self.high, self.missing, self.size, self.table)
-        if len(X) < COLUMN_ROWS:
-            out = leaf_shap(X, *tables, self.n_features, self.bias)
-        else:
-            columns = np.ascontiguousarray(X.T)
-            columns[~np.isfinite(columns)] = np.nan  # the kernel reads only NaN as missing
-            out = leaf_shap_columns(columns, *tables, self.n_features, self.bias).T
+        out = leaf_shap(
+            self._float32(X),
+            self.feature,
+            self.low,
+            self.high,
+            self.missing,
+            self.size,
+            self.table,
+            self.n_features,
+            self.bias,
+        )
         # Rounded to float32 as XGBoost's own are: sums of them in float64 (margins, per-signal
         # shares) then come out the same whatever the batch a row was scored in.
-        return out.astype(np.float32).astype(np.float64, order="C")
+        return out.astype(np.float32).astype(np.float64)
 
     def margin(self, X: np.ndarray) -> np.ndarray:
         """XGBoost's raw margin: the values of the leaves each row reaches, plus the base."""

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import gc
 import hmac
 import logging
 import math
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -41,6 +40,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from exporter import __version__
 from exporter.config import ApiSettings, format_duration
+from exporter.memory import collection_paused
 from exporter.models.bundle import ModelBundle
 from exporter.service.daemon import Daemon, check_compatibility, served_horizon
 from exporter.service.history import ProbabilityHistory, TargetKey, target_key
@@ -541,18 +541,6 @@ def encoded_answers(
         content = orjson.dumps(merged[0] if parsed.single else {"predictions": merged})
         del merged, answer
     return content
-
-
-@contextmanager
-def collection_paused() -> Iterator[None]:
-    """No automatic garbage collection in the block (unless it was off already, then it stays off)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _ordered(

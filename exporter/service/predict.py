@@ -250,27 +250,17 @@ def parse_request(
     max_batch: int,
     default_step: float,
     clock: Callable[[], float] = time.time,
+    compiled: bool = True,
 ) -> ParsedBody:
     """Decode and validate; raise ApiError naming each bad field (422), or 503 without a model.
 
     Bodies of raw values only, valid as they stand, are decoded straight into arrays
-    (``windows``); every other body, and so every error, takes ``parse_document``."""
-    if bundle is not None:
+    (``windows``); every other body, and so every error, and every body with ``compiled``
+    False (what tests compare the two with) is decoded to Python objects that pydantic checks."""
+    if bundle is not None and compiled:
         parsed = windows(body, bundle, max_batch, default_step, clock)
         if parsed is not None:
             return parsed
-    return parse_document(body, adapter, bundle, max_batch, default_step, clock)
-
-
-def parse_document(
-    body: bytes,
-    adapter: TypeAdapter,
-    bundle: ModelBundle | None,
-    max_batch: int,
-    default_step: float,
-    clock: Callable[[], float] = time.time,
-) -> ParsedBody:
-    """``parse_request`` for any body: JSON decoded to Python objects, validated by pydantic."""
     doc = _decode(body)
     single = isinstance(doc, dict)
     if _SURROGATE_ESCAPE.search(body):

@@ -12,7 +12,6 @@ we report per signal.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -20,9 +19,9 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,7 +31,7 @@ import urllib3
 
 from exporter.config import PrometheusSettings, Settings
 from exporter.frame import Frame
-from exporter.memory import return_large_buffers
+from exporter.memory import collection_paused, return_large_buffers
 from exporter.redact import mask, mask_url
 from exporter.sources import Fetch, QueryError, QueryFailed
 from exporter.sources.matrix import Matrix, MatrixError, decode_matrix, matrix_of
@@ -156,7 +155,7 @@ class PrometheusClient:
         params = {"query": query, "time": f"{at:.3f}", "timeout": f"{self._settings.timeout:g}s"}
         response = self._with_retries("/api/v1/query", params)
         try:
-            with _gc_paused():
+            with collection_paused():
                 parsed = json.loads(response.content)
         except ValueError:
             parsed = None
@@ -274,7 +273,7 @@ def _decode(response: requests.Response, known: Matrix | None = None) -> Matrix:
         if matrix is not None:
             return matrix
     try:
-        with _gc_paused():
+        with collection_paused():  # millions of small objects: GC passes over them halved throughput
             parsed = json.loads(body)
     except ValueError:
         parsed = None
@@ -514,18 +513,6 @@ def _regex_literal(value: str) -> str:
     return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in value)
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Decoding allocates millions of small objects; GC passes over them halve throughput."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _outcome(plan: _Plan, result: Matrix) -> _Outcome:
     """The samples of the series ``plan`` keeps, key after key, as flat arrays (no copy when it
     keeps every series)."""
@@ -688,7 +675,7 @@ class PrometheusSource:
         return window, min(shift + settings.reread_steps, self._points)
 
     def _run(self, window: RollingWindow, reads: list[_Read]) -> list[_Outcome]:
-        with _gc_paused():
+        with collection_paused():
             futures = [self._pool.submit(self._read, window, read) for read in reads]
             return [future.result() for future in futures]
 

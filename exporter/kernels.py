@@ -6,21 +6,49 @@ prediction those calls' fixed costs are most of the time. These loops visit each
 each row's nodes directly, with the GIL released so the API keeps answering while a cycle
 scores. They are compiled by numba (already installed with pyod) on first use (~0.5 s
 each) and cached on disk next to this file where that is writable, so later processes load
-them in milliseconds; they take only plain arrays the callers have checked.
+them in milliseconds; they take only plain arrays the callers have checked. An image ships
+them precompiled (exporter/precompile.py): ``FAILURE_PREDICTOR_KERNEL_CACHE`` names that
+read-only copy, and its entries are copied into the writable ``NUMBA_CACHE_DIR`` at import.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 from numba import njit
 
 BLOCK_ROWS = 256  # rows that walk one tree before the next: their features stay in L2
 SPLIT_ROWS = 8192  # from this many rows, a row-wise kernel runs on every core the process may use
+
+SEED_CACHE = "FAILURE_PREDICTOR_KERNEL_CACHE"  # a read-only directory of precompiled kernels
+
+
+def _seed_cache() -> None:
+    """Copy the precompiled kernels into numba's cache directory, the files it lacks only (an
+    entry this process or an earlier one compiled there, e.g. for another CPU, is kept). numba
+    cannot read a cache it cannot write, so the image's copy is not used in place."""
+    seed, cache_dir = os.environ.get(SEED_CACHE), os.environ.get("NUMBA_CACHE_DIR")
+    if not seed or not cache_dir or not Path(seed).is_dir():
+        return
+    try:
+        for source in Path(seed).rglob("*"):
+            target = Path(cache_dir) / source.relative_to(seed)
+            if source.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+                shutil.copyfile(source, partial)
+                os.replace(partial, target)  # another process starting beside us never reads half a file
+    except OSError:
+        pass  # an unwritable cache directory: numba compiles in each process, as without a seed
+
+
+_seed_cache()
 
 
 def _compiled(function: Callable) -> Callable:

@@ -41,9 +41,9 @@ def _seed_cache() -> None:
             target = Path(cache_dir) / source.relative_to(seed)
             if source.is_file() and not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-                shutil.copyfile(source, partial)
-                os.replace(partial, target)  # another process starting beside us never reads half a file
+                incomplete = target.with_name(f"{target.name}.{os.getpid()}.partial")
+                shutil.copyfile(source, incomplete)
+                os.replace(incomplete, target)  # another process starting beside us never reads half a file
     except OSError:
         pass  # an unwritable cache directory: numba compiles in each process, as without a seed
 

@@ -94,9 +94,10 @@ def absent_signals(values: np.ndarray) -> np.ndarray:
     return ~np.isfinite(values).any(axis=1)
 
 
-def reporting(frame: Frame) -> Frame:
-    """The frame without targets that report no signal at all: those are not scored or exported."""
-    keep = ~absent_signals(frame.values).all(axis=1)
+def reporting(frame: Frame, absent: np.ndarray | None = None) -> Frame:
+    """The frame without targets that report no signal at all: those are not scored or exported.
+    ``absent`` is ``absent_signals(frame.values)`` when the caller has it already."""
+    keep = ~(absent_signals(frame.values) if absent is None else absent).all(axis=1)
     if keep.all():
         return frame
     return Frame(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 from numba import njit
@@ -23,14 +23,16 @@ BLOCK_ROWS = 256  # rows that walk one tree before the next: their features stay
 SPLIT_ROWS = 8192  # from this many rows, a row-wise kernel runs on every core the process may use
 
 
-def _compiled(function: Callable) -> Callable:
+def _compiled(function: Callable | None = None, **options: object) -> Callable:
     """``njit`` without the GIL, cached on disk when numba finds a writable cache directory;
     without one (a read-only container and no NUMBA_CACHE_DIR) numba refuses ``cache=True``
-    at import, so compile in each process instead."""
+    at import, so compile in each process instead. ``@_compiled(option=...)`` passes njit options."""
+    if function is None:
+        return partial(_compiled, **options)
     try:
-        return njit(nogil=True, cache=True)(function)
+        return njit(nogil=True, cache=True, **options)(function)
     except RuntimeError:
-        return njit(nogil=True)(function)
+        return njit(nogil=True, **options)(function)
 
 
 @cache
@@ -588,4 +590,30 @@ def limit_seconds(
         seconds = max(1.0 - level, 0.0) / slope
         if seconds <= horizon:
             out[i] = seconds
+    return out
+
+
+@_compiled(error_model="numpy")  # x / 0 is +-inf or NaN, as in the numpy it replaces, not an error
+def standardised_windows(
+    windows: np.ndarray, level: np.ndarray, scale: np.ndarray, clip: float
+) -> np.ndarray:
+    """``(windows - level) / scale`` of ``windows`` [rows, steps, signals] against ``level`` and
+    ``scale`` [rows, signals], NaN read as 0 and clipped to +-``clip``, as float32 rows of one
+    (row, signal) window each, row after row: the null forest's input, in one pass instead of
+    numpy's five temporaries of the block (each the block's size in float64), equal to them
+    value for value."""
+    rows, steps, signals = windows.shape
+    out = np.empty((rows * signals, steps), dtype=np.float32)
+    for i in range(rows):
+        for s in range(signals):
+            center, spread = level[i, s], scale[i, s]
+            for j in range(steps):
+                z = (windows[i, j, s] - center) / spread
+                if np.isnan(z):
+                    z = 0.0
+                elif z > clip:
+                    z = clip
+                elif z < -clip:
+                    z = -clip
+                out[i * signals + s, j] = z
     return out

@@ -615,6 +615,9 @@ class PrometheusSource:
         self._window: RollingWindow | None = None
         self._plans: dict[int, tuple[Matrix, _Plan]] = {}  # signal -> last whole read's labels, plan
         self._shards: dict[Key, bool] = {}  # target -> whether it is this shard's (see _shard_members)
+        self._keys: list[Key] = []  # the last frame's targets, their label sets (see _labelled)
+        self._targets: tuple[dict[str, str], ...] = ()
+        self._label_sets: dict[Key, dict[str, str]] = {}
         self._full_at = -math.inf
         self._stale: set[int] = set()
         self._owners = OwnerReader(settings, self._client.query_labels) if settings.reads_owners else None
@@ -657,9 +660,11 @@ class PrometheusSource:
             window.clear(s)
         window.evict()
         values, keys, dropped = window.current(self._settings.max_targets)
-        targets = tuple(dict(zip(self._settings.target_labels, key, strict=True)) for key in keys)
         frame = Frame(
-            values=values, targets=targets, timestamps=window.timestamps.copy(), signals=self.signals
+            values=values,
+            targets=self._labelled(keys),
+            timestamps=window.timestamps.copy(),
+            signals=self.signals,
         )
         reported = tuple(error for _, error, _ in sorted(errors, key=lambda e: e[0]))
         # With every signal failed there is no cycle to name workloads for (and no Prometheus to ask).
@@ -667,6 +672,17 @@ class PrometheusSource:
         if self._owners is not None and len(failed) < len(self.signals):
             owners = self._owners.read(keys, end)
         return Fetch(frame=frame, errors=reported, dropped=dropped, owners=owners)
+
+    def _labelled(self, keys: list[Key]) -> tuple[dict[str, str], ...]:
+        """The label sets of ``keys``: last cycle's tuple when the targets are the same, else one
+        reusing the label sets of the targets that stay, so readers that compare targets across
+        cycles (exposition, anomaly statistics) mostly find the very same objects."""
+        if keys == self._keys:
+            return self._targets
+        known, labels = self._label_sets, self._settings.target_labels
+        self._label_sets = {key: known.get(key) or dict(zip(labels, key, strict=True)) for key in keys}
+        self._keys, self._targets = keys, tuple(map(self._label_sets.__getitem__, keys))
+        return self._targets
 
     def _history_pays(self, signal: int) -> bool:
         """Without {selector} a history read returns every target's window: worth it only when the

@@ -100,9 +100,10 @@ def absent_signals(values: np.ndarray) -> np.ndarray:
     return ~np.isfinite(values).any(axis=1)
 
 
-def reporting(frame: Frame) -> Frame:
-    """The frame without targets that report no signal at all: those are not scored or exported."""
-    keep = ~absent_signals(frame.values).all(axis=1)
+def reporting(frame: Frame, absent: np.ndarray | None = None) -> Frame:
+    """The frame without targets that report no signal at all: those are not scored or exported.
+    ``absent`` is ``absent_signals(frame.values)`` when the caller has it already."""
+    keep = ~(absent_signals(frame.values) if absent is None else absent).all(axis=1)
     if keep.all():
         return frame
     return Frame(
@@ -115,11 +116,11 @@ def reporting(frame: Frame) -> Frame:
 
 def window_features(values: np.ndarray, signals: Sequence[str]) -> Features:
     """Features of ``values[rows, time, signals]`` windows, as of each window's newest step."""
-    rows, steps, count = values.shape
-    # One compiled pass over every (row, signal) series, each row's series contiguous, so a
-    # target's features are computed alike alone (the API) and among all targets (the cycle).
-    series = np.ascontiguousarray(values.transpose(0, 2, 1).reshape(rows * count, steps))
-    stats = by_rows(series_stats, series, SHORT_SPAN, EDGE).reshape(rows, count, len(PER_SIGNAL))
+    rows, _, count = values.shape
+    # One compiled pass over every (row, signal) series, read in place (no transposed copy of
+    # the window), so a target's features are computed alike alone (the API) and among all
+    # targets (the cycle).
+    stats = by_rows(series_stats, values.transpose(0, 2, 1), SHORT_SPAN, EDGE)
 
     def stat(signal: str, name: str) -> np.ndarray:
         return stats[:, signals.index(signal), PER_SIGNAL.index(name)]

@@ -6,15 +6,20 @@ prediction those calls' fixed costs are most of the time. These loops visit each
 each row's nodes directly, with the GIL released so the API keeps answering while a cycle
 scores. They are compiled by numba (already installed with pyod) on first use (~0.5 s
 each) and cached on disk next to this file where that is writable, so later processes load
-them in milliseconds; they take only plain arrays the callers have checked.
+them in milliseconds; they take only plain arrays the callers have checked. An image ships
+them precompiled (exporter/precompile.py): ``FAILURE_PREDICTOR_KERNEL_CACHE`` names that
+read-only copy, and its entries are copied into the writable ``NUMBA_CACHE_DIR`` at import.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from functools import cache, partial
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -22,15 +27,41 @@ from numba import njit
 BLOCK_ROWS = 256  # rows that walk one tree before the next: their features stay in L2
 SPLIT_ROWS = 8192  # from this many rows, a row-wise kernel runs on every core the process may use
 
+SEED_CACHE = "FAILURE_PREDICTOR_KERNEL_CACHE"  # a read-only directory of precompiled kernels
 
-def _compiled(function: Callable) -> Callable:
+
+def _seed_cache() -> None:
+    """Copy the precompiled kernels into numba's cache directory, the files it lacks only (an
+    entry this process or an earlier one compiled there, e.g. for another CPU, is kept). numba
+    cannot read a cache it cannot write, so the image's copy is not used in place."""
+    seed, cache_dir = os.environ.get(SEED_CACHE), os.environ.get("NUMBA_CACHE_DIR")
+    if not seed or not cache_dir or not Path(seed).is_dir():
+        return
+    try:
+        for source in Path(seed).rglob("*"):
+            target = Path(cache_dir) / source.relative_to(seed)
+            if source.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                incomplete = target.with_name(f"{target.name}.{os.getpid()}.partial")
+                shutil.copyfile(source, incomplete)
+                os.replace(incomplete, target)  # another process starting beside us never reads half a file
+    except OSError:
+        pass  # an unwritable cache directory: numba compiles in each process, as without a seed
+
+
+_seed_cache()
+
+
+def _compiled(function: Callable | None = None, **options: object) -> Callable:
     """``njit`` without the GIL, cached on disk when numba finds a writable cache directory;
     without one (a read-only container and no NUMBA_CACHE_DIR) numba refuses ``cache=True``
-    at import, so compile in each process instead."""
+    at import, so compile in each process instead. ``@_compiled(option=...)`` passes njit options."""
+    if function is None:
+        return partial(_compiled, **options)
     try:
-        return njit(nogil=True, cache=True)(function)
+        return njit(nogil=True, cache=True, **options)(function)
     except RuntimeError:
-        return njit(nogil=True)(function)
+        return njit(nogil=True, **options)(function)
 
 
 @cache
@@ -44,7 +75,7 @@ def by_rows(kernel: Callable, X: np.ndarray, *args: object) -> np.ndarray:
     across the cores when ``X`` is large (the kernels release the GIL): a cycle's forests score
     40,000+ windows while Prometheus, which the cycle waits on otherwise, is idle."""
     pool, cores = _pool()
-    if pool is None or len(X) < SPLIT_ROWS:
+    if pool is None or math.prod(X.shape[:-1]) < SPLIT_ROWS:  # rows of the last axis: series, windows
         return kernel(X, *args)
     parts = np.array_split(np.arange(len(X)), cores)
     futures = [pool.submit(kernel, X[part[0] : part[-1] + 1], *args) for part in parts]
@@ -194,59 +225,63 @@ def leaf_shap(
 
 @_compiled
 def series_stats(x: np.ndarray, short: int, edge: int) -> np.ndarray:
-    """features.PER_SIGNAL of each row of ``x`` [series, steps] (NaN or infinite: no sample),
-    in that order, in one pass per series instead of ~60 numpy calls over temporaries the size
-    of ``x`` (most of a single prediction's time, ~0.3 s of a cycle at 10,000 targets)."""
-    rows, steps = x.shape
-    out = np.full((rows, 16), np.nan)
+    """features.PER_SIGNAL of each series ``x[i, s]`` of ``x`` [rows, signals, steps] (NaN or
+    infinite: no sample), in that order, ``[rows, signals, 16]``, in one pass per series instead
+    of ~60 numpy calls over temporaries the size of ``x`` (most of a single prediction's time,
+    ~0.3 s of a cycle at 10,000 targets). ``x`` may be a strided view (a window's
+    ``values.transpose(0, 2, 1)``): the series are read in place, not copied."""
+    rows, signals, steps = x.shape
+    out = np.full((rows, signals, 16), np.nan)
     buffer = np.empty(steps)
     recent_start = max(steps - short, 0)
     for i in range(rows):
-        row = x[i]
-        count, total, newest, gap = 0, 0.0, np.nan, -1
-        lowest, highest = np.inf, -np.inf
-        for j in range(steps):
-            v = row[j]
-            if np.isfinite(v):
-                count += 1
-                total += v
-                lowest = min(lowest, v)
-                highest = max(highest, v)
-                newest = v
-                gap = steps - 1 - j
-        if count == 0:
-            continue
-        mean = total / count
-        spread = 0.0
-        for j in range(steps):
-            if np.isfinite(row[j]):
-                spread += (row[j] - mean) ** 2
-        std = np.sqrt(spread / count)
-        slope = _slope(row, 0)
-        scale = max(std, 1e-3 * (abs(mean) + 1e-3))
-        median = _median(row, 0, buffer)
-        recent_median = _median(row, recent_start, buffer)
-        recent = 0
-        for j in range(recent_start, steps):
-            if np.isfinite(row[j]):
-                recent += 1
-        out[i, 0] = newest
-        out[i, 1] = mean
-        out[i, 2] = std
-        out[i, 3] = lowest
-        out[i, 4] = highest
-        out[i, 5] = slope
-        out[i, 6] = (newest - mean) / scale
-        out[i, 7] = _slope(row, recent_start)
-        if steps - edge > 0:
-            out[i, 8] = (_mean(row, steps - edge, steps) - _mean(row, 0, edge)) / (steps - edge)
-        out[i, 9] = slope * steps / (abs(mean) + 1e-6)
-        out[i, 10] = 1.0 - count / max(steps, 1)
-        out[i, 11] = gap
-        out[i, 12] = median
-        out[i, 13] = recent_median
-        out[i, 14] = (recent_median - median) / (abs(median) + 1e-6)
-        out[i, 15] = 1.0 - recent / max(steps - recent_start, 1)
+        for s in range(signals):
+            row = x[i, s]
+            count, total, newest, gap = 0, 0.0, np.nan, -1
+            lowest, highest = np.inf, -np.inf
+            for j in range(steps):
+                v = row[j]
+                if np.isfinite(v):
+                    count += 1
+                    total += v
+                    lowest = min(lowest, v)
+                    highest = max(highest, v)
+                    newest = v
+                    gap = steps - 1 - j
+            if count == 0:
+                continue
+            mean = total / count
+            spread = 0.0
+            for j in range(steps):
+                if np.isfinite(row[j]):
+                    spread += (row[j] - mean) ** 2
+            std = np.sqrt(spread / count)
+            slope = _slope(row, 0)
+            scale = max(std, 1e-3 * (abs(mean) + 1e-3))
+            median = _median(row, 0, buffer)
+            recent_median = _median(row, recent_start, buffer)
+            recent = 0
+            for j in range(recent_start, steps):
+                if np.isfinite(row[j]):
+                    recent += 1
+            stats = out[i, s]
+            stats[0] = newest
+            stats[1] = mean
+            stats[2] = std
+            stats[3] = lowest
+            stats[4] = highest
+            stats[5] = slope
+            stats[6] = (newest - mean) / scale
+            stats[7] = _slope(row, recent_start)
+            if steps - edge > 0:
+                stats[8] = (_mean(row, steps - edge, steps) - _mean(row, 0, edge)) / (steps - edge)
+            stats[9] = slope * steps / (abs(mean) + 1e-6)
+            stats[10] = 1.0 - count / max(steps, 1)
+            stats[11] = gap
+            stats[12] = median
+            stats[13] = recent_median
+            stats[14] = (recent_median - median) / (abs(median) + 1e-6)
+            stats[15] = 1.0 - recent / max(steps - recent_start, 1)
     return out
 
 
@@ -895,4 +930,30 @@ def limit_seconds(
         seconds = max(1.0 - level, 0.0) / slope
         if seconds <= horizon:
             out[i] = seconds
+    return out
+
+
+@_compiled(error_model="numpy")  # x / 0 is +-inf or NaN, as in the numpy it replaces, not an error
+def standardised_windows(
+    windows: np.ndarray, level: np.ndarray, scale: np.ndarray, clip: float
+) -> np.ndarray:
+    """``(windows - level) / scale`` of ``windows`` [rows, steps, signals] against ``level`` and
+    ``scale`` [rows, signals], NaN read as 0 and clipped to +-``clip``, as float32 rows of one
+    (row, signal) window each, row after row: the null forest's input, in one pass instead of
+    numpy's five temporaries of the block (each the block's size in float64), equal to them
+    value for value."""
+    rows, steps, signals = windows.shape
+    out = np.empty((rows * signals, steps), dtype=np.float32)
+    for i in range(rows):
+        for s in range(signals):
+            center, spread = level[i, s], scale[i, s]
+            for j in range(steps):
+                z = (windows[i, j, s] - center) / spread
+                if np.isnan(z):
+                    z = 0.0
+                elif z > clip:
+                    z = clip
+                elif z < -clip:
+                    z = -clip
+                out[i * signals + s, j] = z
     return out

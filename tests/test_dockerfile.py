@@ -194,3 +194,13 @@ def test_oci_labels_name_the_image_and_its_version():
         assert f"org.opencontainers.image.{key}=" in labels
     version = next(i.arguments for i in FINAL if i.keyword == "ARG" and i.arguments.startswith("VERSION="))
     assert version == f"VERSION={__version__}"
+
+
+def test_the_image_ships_precompiled_kernels_and_seeds_a_writable_cache_from_them():
+    build_runs = " ".join(i.arguments for i in STAGES[1] if i.keyword == "RUN")
+    compiled = re.search(r"&& cd / && \S+/bin/python -m exporter\.precompile (\S+)", build_runs)
+    assert compiled, "the build stage compiles the installed package's kernels (from /, not /src)"
+    env = dict(word.split("=", 1) for i in FINAL if i.keyword == "ENV" for word in shlex.split(i.arguments))
+    assert env["FAILURE_PREDICTOR_KERNEL_CACHE"] == compiled.group(1)
+    assert compiled.group(1).startswith(VENV + "/"), "copied with the virtualenv into the final stage"
+    assert env["NUMBA_CACHE_DIR"].startswith("/tmp/"), "writable: the chart mounts an emptyDir on /tmp"

@@ -179,13 +179,12 @@ class Daemon:
     def _scored_targets(self, frame: Frame, failed: set[str]) -> Frame:
         """The targets that report any signal, with how many lack each signal on the self-metric
         and one warning when a signal starts (or stops) returning nothing for every target."""
-        scored = reporting(frame)
-        absent = absent_signals(scored.values)
+        every = absent_signals(frame.values)  # one pass over the window serves all three questions
+        scored = reporting(frame, every)
+        absent = every[~every.all(axis=1)]  # the scored targets'
         for signal, count in zip(frame.signals, absent.sum(axis=0), strict=True):
             self.metrics.targets_missing_signal.labels(signal).set(int(count))
-        silent = {
-            s for s, none in zip(frame.signals, absent_signals(frame.values).all(axis=0), strict=True) if none
-        }
+        silent = {s for s, none in zip(frame.signals, every.all(axis=0), strict=True) if none}
         for signal in sorted(silent - self._silent):
             reason = "its query failed" if signal in failed else "its query returned no data"
             log.warning(

@@ -119,7 +119,9 @@ class SampleFormats:
         own = f",{extra}" if extra else ""  # target labels are never empty (validated in config)
         prefix = f"{name}{{".replace("%", "%%")
         suffix = f"{own}}} ".replace("%", "%%") + conversion + "\n"
-        blocks = [self._blocks[row] for row in rows.tolist()]
+        blocks = (
+            self._blocks if len(rows) == len(self._blocks) else [self._blocks[row] for row in rows.tolist()]
+        )
         format_ = prefix + (suffix + prefix).join(blocks) + suffix if blocks else ""
         self._formats[name, extra, conversion] = (chosen, format_)
         return format_

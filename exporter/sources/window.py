@@ -73,7 +73,7 @@ class RollingWindow:
             for offset, key in enumerate(fresh):
                 self._row[key] = used + offset
             self.keys.extend(fresh)
-        return [self._row[key] for key in keys]
+        return list(map(self._row.__getitem__, keys))
 
     def put(
         self,

@@ -221,7 +221,12 @@ def token_guard(api: ApiSettings) -> list[Any]:
         return []
     expected = BearerToken(api.token, api.token_file)
 
-    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+    # async: FastAPI runs a plain def dependency in a worker thread, a hop per request that also kept
+    # concurrent predictions from being coalesced into one model call. A stat() (and, after a
+    # rotation, one read) of a small secret file does not hold the event loop up.
+    async def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> None:
         token = expected.current().encode()
         given = credentials.credentials.encode() if credentials else b""
         if not token or not hmac.compare_digest(given, token):

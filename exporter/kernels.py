@@ -614,6 +614,7 @@ def _find(body: np.ndarray, p: int, marker: np.ndarray) -> int:
 _SIGNALS_KEY = np.frombuffer(b"signals", np.uint8)
 _STEP_KEY = np.frombuffer(b"step", np.uint8)
 _TIMESTAMP_KEY = np.frombuffer(b"timestamp", np.uint8)
+_NULL = np.frombuffer(b"null", np.uint8)
 
 
 @_compiled
@@ -709,7 +710,7 @@ def observation_windows(
                     while True:
                         if count == window:
                             return broken
-                        if _null(body, p):
+                        if _at(body, p, _NULL):
                             series[count], p = np.nan, p + 4
                         else:
                             value, end, kind = _sample(body, p)
@@ -821,17 +822,6 @@ def _known(body: np.ndarray, start: int, end: int, names: np.ndarray, name_ends:
 
 
 @_compiled
-def _null(body: np.ndarray, p: int) -> bool:
-    return (
-        p + 4 <= len(body)
-        and body[p] == 110
-        and body[p + 1] == 117
-        and body[p + 2] == 108
-        and body[p + 3] == 108
-    )
-
-
-@_compiled
 def _sample(body: np.ndarray, p: int) -> tuple[float, int, int]:
     """``_number`` for a JSON number only (not Prometheus' NaN and infinities), with a shorter
     path for the common plain decimal of up to 18 digits; ``-0`` written as an integer is 0,
@@ -872,7 +862,7 @@ def _scalar(
 ) -> int:
     """A step or timestamp value at ``p`` into row ``row`` (see ``observation_windows``); returns
     where it ends, -1 when it is neither null, a number nor a plain string."""
-    if _null(body, p):
+    if _at(body, p, _NULL):
         return p + 4
     if p < len(body) and body[p] == 34:
         start, end = _string(body, p)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from exporter import __version__, logs
+from exporter import __version__, kernels, logs
 from exporter.config import (
     BOOTSTRAP_MODEL,
     ConfigError,
@@ -255,8 +255,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     serving = resolve(model_path)
     bundle = load_bundle(serving)
     log.info(
-        "starting", extra={"prometheus": mask_url(settings.prometheus.url), "model": bundle.manifest.version}
+        "starting",
+        extra={
+            "prometheus": mask_url(settings.prometheus.url),
+            "model": bundle.manifest.version,
+            "kernels": kernels.MODE,
+        },
     )
+    if kernels.AHEAD_OF_TIME is None:
+        log.warning(
+            "kernels not built ahead of time: numba compiles them on first use, ~130 MB more memory",
+            extra={"reason": kernels.JIT_REASON},
+        )
     daemon = Daemon(settings, PrometheusSource(settings), bundle, watcher=ModelWatcher(model_path, serving))
     schedule_refits(daemon, settings, model_path)
     make_server(daemon, settings.listen.address, settings.listen.port).run()

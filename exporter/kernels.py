@@ -4,63 +4,48 @@ numpy can only walk trees level by level over whole [rows, trees] buffers, and c
 window statistic as several calls over temporaries the size of the window; on one API
 prediction those calls' fixed costs are most of the time. These loops visit each series and
 each row's nodes directly, with the GIL released so the API keeps answering while a cycle
-scores. They are compiled by numba (already installed with pyod) on first use (~0.5 s
-each) and cached on disk next to this file where that is writable, so later processes load
-them in milliseconds; they take only plain arrays the callers have checked. An image ships
-them precompiled (exporter/precompile.py): ``FAILURE_PREDICTOR_KERNEL_CACHE`` names that
-read-only copy, and its entries are copied into the writable ``NUMBA_CACHE_DIR`` at import.
+scores. They take only plain arrays the callers have checked.
+
+They are written for numba (already installed with pyod) and used compiled ahead of time when
+``python -m exporter.precompile`` has built them from this file (exporter/compiled.py: one
+extension module that needs numpy alone, ~130 MB less than numba at run time; the image, the
+test and demo scripts build it). Otherwise numba compiles each on first use (~0.5 s each) and
+caches it on disk next to this file where that is writable.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
-from pathlib import Path
 
 import numpy as np
-from numba import njit
+
+from exporter import compiled
 
 BLOCK_ROWS = 256  # rows that walk one tree before the next: their features stay in L2
 SPLIT_ROWS = 8192  # from this many rows, a row-wise kernel runs on every core the process may use
 
-SEED_CACHE = "FAILURE_PREDICTOR_KERNEL_CACHE"  # a read-only directory of precompiled kernels
-
-
-def _seed_cache() -> None:
-    """Copy the precompiled kernels into numba's cache directory, the files it lacks only (an
-    entry this process or an earlier one compiled there, e.g. for another CPU, is kept). numba
-    cannot read a cache it cannot write, so the image's copy is not used in place."""
-    seed, cache_dir = os.environ.get(SEED_CACHE), os.environ.get("NUMBA_CACHE_DIR")
-    if not seed or not cache_dir or not Path(seed).is_dir():
-        return
-    try:
-        for source in Path(seed).rglob("*"):
-            target = Path(cache_dir) / source.relative_to(seed)
-            if source.is_file() and not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                incomplete = target.with_name(f"{target.name}.{os.getpid()}.partial")
-                shutil.copyfile(source, incomplete)
-                os.replace(incomplete, target)  # another process starting beside us never reads half a file
-    except OSError:
-        pass  # an unwritable cache directory: numba compiles in each process, as without a seed
-
-
-_seed_cache()
+AHEAD_OF_TIME, JIT_REASON = compiled.selected()
+MODE = "ahead-of-time" if AHEAD_OF_TIME is not None else f"numba JIT ({JIT_REASON})"
 
 
 def _compiled(function: Callable | None = None, **options: object) -> Callable:
-    """``njit`` without the GIL, cached on disk when numba finds a writable cache directory;
-    without one (a read-only container and no NUMBA_CACHE_DIR) numba refuses ``cache=True``
-    at import, so compile in each process instead. ``@_compiled(option=...)`` passes njit options."""
+    """The public kernel ``function`` from the ahead-of-time module when there is one (its
+    private helpers are compiled into it: the plain function is returned and never called from
+    Python); otherwise ``njit`` without the GIL, cached on disk when numba finds a writable
+    cache directory. ``@_compiled(option=...)`` passes njit options, the ahead-of-time build too."""
     if function is None:
         return partial(_compiled, **options)
+    if AHEAD_OF_TIME is not None:
+        return AHEAD_OF_TIME.get(function.__name__, function)
+    from numba import njit
+
     try:
         return njit(nogil=True, cache=True, **options)(function)
-    except RuntimeError:
+    except RuntimeError:  # no writable cache directory (a read-only container, no NUMBA_CACHE_DIR)
         return njit(nogil=True, **options)(function)
 
 

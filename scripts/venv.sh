@@ -67,3 +67,25 @@ ensure_venv() {
     echo "$wanted" >"$stamp"
   fi
 }
+
+# ensure_kernels [required]: the kernels compiled ahead of time into the package (python -m
+# exporter.precompile: ~30 s the first time, skipped while kernels.py is unchanged). Needs a C
+# compiler and Python's headers: with "required" they are installed from Debian when missing and a
+# failed build stops the script; otherwise the daemon compiles its kernels with numba on first use.
+ensure_kernels() {
+  local required=${1:-} need=() include
+  include=$("$VENV_PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  command -v gcc >/dev/null || need+=(gcc libc6-dev)
+  [ -f "$include/Python.h" ] || need+=("$("$VENV_PYTHON" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}-dev")')")
+  if [ ${#need[@]} -gt 0 ]; then
+    if [ -z "$required" ]; then
+      say "no ${need[*]}: the kernels compile on first use instead (numba; ~10 s and ~130 MB more)"
+      return 0
+    fi
+    apt_install "${need[@]}"
+  fi
+  if ! "$VENV_PYTHON" -m exporter.precompile >&2; then
+    [ -n "$required" ] && exit 1
+    say "the kernels compile on first use instead (numba; ~10 s and ~130 MB more)"
+  fi
+}

@@ -195,6 +195,7 @@ class WarmUp:
             replay(normaliser, bundle, values, times, chosen, first=width - 1, chunk_rows=CHUNK_ROWS)
             targets.update((target_key(t), t) for t in chosen)
             lead.keep(values, keys, times[-1], width - 1)
+            del values  # before the next chunk is read: two chunks' arrays never coexist
             begin += len(chunk)
 
     def _chunk_steps(self, width: int, targets: int) -> int:

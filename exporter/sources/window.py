@@ -107,8 +107,10 @@ class RollingWindow:
         return used - len(kept)
 
     def current(self, limit: int) -> tuple[np.ndarray, list[Key], int]:
-        """A copy of the live rows (a sample at the newest step in any signal), sorted by key, at
-        most ``limit``; and how many live rows did not fit.
+        """The live rows (a sample at the newest step in any signal), sorted by key, at most
+        ``limit``; and how many live rows did not fit. When they are the window's first rows
+        in that order already (a cycle in which no pod came or went) they are a read-only view,
+        not a copy: 19 MB less at 10,000 targets, valid until the window next changes.
 
         A pod that vanished a minute ago still has samples inside the window; exporting it
         would be a stale series, and counting it against ``limit`` would keep new pods out.
@@ -117,4 +119,9 @@ class RollingWindow:
         alive = np.flatnonzero(np.isfinite(values[:, -1, :]).any(axis=1))
         order = sorted(alive.tolist(), key=self.keys.__getitem__)
         kept = order[:limit]
-        return values[kept], [self.keys[i] for i in kept], len(order) - len(kept)
+        keys = [self.keys[i] for i in kept]
+        if kept == list(range(len(kept))):
+            view = values[: len(kept)]
+            view.flags.writeable = False
+            return view, keys, len(order) - len(kept)
+        return values[kept], keys, len(order) - len(kept)

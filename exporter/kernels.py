@@ -932,3 +932,202 @@ def standardised_windows(
                     z = -clip
                 out[i * signals + s, j] = z
     return out
+
+
+# Student t and normal tails: what the anomaly normaliser reads a short history's z against.
+# Here rather than from scipy.special, whose import alone is 26 MB of a sidecar's memory; the
+# tests hold them to scipy's values (tests/test_tails.py).
+
+_ROOT_2PI = math.sqrt(2.0 * math.pi)
+_NORMAL_LOW = 0.02425  # Acklam's inverse normal: rational fits below, between and above
+_ACKLAM_A = (
+    -39.69683028665376,
+    220.9460984245205,
+    -275.9285104469687,
+    138.3577518672690,
+    -30.66479806614716,
+    2.506628277459239,
+)
+_ACKLAM_B = (-54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972, -13.28068155288572)
+_ACKLAM_C = (
+    -0.007784894002430293,
+    -0.3223964580411365,
+    -2.400758277161838,
+    -2.549732539343734,
+    4.374664141464968,
+    2.938163982698783,
+)
+_ACKLAM_D = (0.007784695709041462, 0.3224671290700398, 2.445134137142996, 3.754408661907416)
+
+
+@_compiled
+def t_as_normal(t: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """|t| read against a Student t with ``df`` degrees of freedom, as the normal z of the same
+    upper tail (the uncertainty of a mean and deviation from few samples); |t| itself beyond
+    10,000 degrees of freedom, NaN where either is NaN. Tails below 1e-300 read as 1e-300."""
+    out = np.empty(t.size)
+    for i in range(t.size):
+        a, d = abs(t[i]), df[i]
+        if np.isnan(a) or np.isnan(d):
+            out[i] = np.nan
+        elif d > 1e4:
+            out[i] = a
+        else:
+            out[i] = -_normal_quantile(max(_t_tail(a, d), 1e-300))
+    return out
+
+
+@_compiled
+def t_quantiles(df: np.ndarray, tail: float) -> np.ndarray:
+    """The t with upper tail ``tail`` (< 0.5) under each ``df``: Newton steps on the tail,
+    kept inside a bracket that bisects whenever a step would leave it; beyond 10,000 degrees of
+    freedom (where the tail's continued fraction converges slowly) the normal quantile's
+    expansion in 1/df (Abramowitz and Stegun 26.7.5)."""
+    z = -_normal_quantile(tail)
+    out = np.empty(df.size)
+    for i in range(df.size):
+        d = df[i]
+        if np.isnan(d):
+            out[i] = np.nan
+            continue
+        if d > 1e4:
+            out[i] = _t_quantile_expansion(z, d)
+            continue
+        low = z  # a t's tail is heavier than the normal's: its quantile is beyond
+        high = 2.0 * low
+        while _t_tail(high, d) > tail:
+            low, high = high, 2.0 * high
+        x = 0.5 * (low + high)
+        for _ in range(200):
+            excess = _t_tail(x, d) - tail
+            if excess > 0.0:
+                low = x
+            else:
+                high = x
+            step = excess / _t_density(x, d)
+            following = x + step
+            if not (low < following < high):
+                following = 0.5 * (low + high)
+            if abs(following - x) <= 1e-15 * x:
+                x = following
+                break
+            x = following
+        out[i] = x
+    return out
+
+
+@_compiled
+def _t_quantile_expansion(z: float, df: float) -> float:
+    z2 = z * z
+    g1 = (z2 + 1.0) * z / 4.0
+    g2 = ((5.0 * z2 + 16.0) * z2 + 3.0) * z / 96.0
+    g3 = (((3.0 * z2 + 19.0) * z2 + 17.0) * z2 - 15.0) * z / 384.0
+    g4 = ((((79.0 * z2 + 776.0) * z2 + 1482.0) * z2 - 1920.0) * z2 - 945.0) * z / 92160.0
+    return z + (g1 + (g2 + (g3 + g4 / df) / df) / df) / df
+
+
+@_compiled
+def error_function(x: np.ndarray) -> np.ndarray:
+    out = np.empty(x.size)
+    for i in range(x.size):
+        out[i] = math.erf(x[i])
+    return out
+
+
+@_compiled
+def _t_tail(a: float, df: float) -> float:
+    """P(T > a) for a >= 0: half the regularised incomplete beta I_x(df/2, 1/2), x = df/(df+a²)."""
+    if a == np.inf:
+        return 0.0
+    square = a * a
+    half = 0.5 * df
+    log_beta = _log_gamma_half_ratio(half) - 0.5 * math.log(
+        math.pi
+    )  # lgamma(half + 1/2) - lgamma(half) - lgamma(1/2)
+    return 0.5 * _beta_regularised(half, 0.5, df / (df + square), square / (df + square), log_beta)
+
+
+@_compiled
+def _t_density(a: float, df: float) -> float:
+    lead = _log_gamma_half_ratio(0.5 * df) - 0.5 * math.log(df * math.pi)
+    return math.exp(lead - 0.5 * (df + 1.0) * math.log1p(a * a / df))
+
+
+@_compiled
+def _log_gamma_half_ratio(a: float) -> float:
+    """lgamma(a + 1/2) - lgamma(a): from a = 50 its asymptotic series (the Bernoulli terms up
+    to a^-7), as the difference of two large lgammas would lose digits."""
+    if a < 50.0:
+        return math.lgamma(a + 0.5) - math.lgamma(a)
+    inverse = 1.0 / a
+    square = inverse * inverse
+    return 0.5 * math.log(a) + inverse * (
+        -1.0 / 8.0 + square * (1.0 / 192.0 + square * (-1.0 / 640.0 + square * 17.0 / 14336.0))
+    )
+
+
+@_compiled
+def _beta_regularised(a: float, b: float, x: float, y: float, log_beta: float) -> float:
+    """I_x(a, b), with y = 1 - x given exactly by the caller and log_beta = -log B(a, b): the
+    continued fraction on whichever side of the mean converges (Numerical Recipes' betai)."""
+    if x <= 0.0:
+        return 0.0
+    if y <= 0.0:
+        return 1.0
+    log_x = math.log1p(-y) if x > 0.5 else math.log(x)
+    log_y = math.log1p(-x) if y > 0.5 else math.log(y)
+    front = math.exp(log_beta + a * log_x + b * log_y)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, y) / b
+
+
+@_compiled
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The incomplete beta's continued fraction by the modified Lentz method."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 2000):
+        even = m * (b - m) * x / ((a - 1.0 + 2 * m) * (a + 2 * m))
+        d = 1.0 + even * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + even / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1.0 + 2 * m))
+        d = 1.0 + odd * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + odd / c
+        c = c if abs(c) > tiny else tiny
+        change = d * c
+        h *= change
+        if abs(change - 1.0) < 1e-16:
+            break
+    return h
+
+
+@_compiled
+def _normal_quantile(p: float) -> float:
+    """The standard normal's quantile for 0 < p < 1: Acklam's rational fit (relative error
+    1.2e-9), then one Halley step on erfc, which leaves the error at rounding."""
+    if p < _NORMAL_LOW or p > 1.0 - _NORMAL_LOW:
+        q = math.sqrt(-2.0 * math.log(p if p < 0.5 else 1.0 - p))
+        c, d = _ACKLAM_C, _ACKLAM_D
+        x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0
+        )
+        x = x if p < 0.5 else -x
+    else:
+        q = p - 0.5
+        r = q * q
+        a, b = _ACKLAM_A, _ACKLAM_B
+        x = (
+            (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+            * q
+            / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
+        )
+    error = 0.5 * math.erfc(-x / math.sqrt(2.0)) - p
+    u = error * _ROOT_2PI * math.exp(0.5 * x * x)
+    return x - u / (1.0 + 0.5 * x * u)

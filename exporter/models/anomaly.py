@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.special import erf
 
+from exporter.kernels import error_function
 from exporter.models.forest import ArrayForest, ForestError
 
 _STATS = ("fill", "train_mean", "train_std")
@@ -64,7 +64,8 @@ class AnomalyDetector:
 
     def unify(self, raw: np.ndarray) -> np.ndarray:
         """Raw scores to [0, 1] as pyod's ``predict_proba(method="unify")`` does."""
-        return erf((raw - self.train_mean_) / (self.train_std_ * np.sqrt(2))).clip(0, 1)
+        z = np.asarray((raw - self.train_mean_) / (self.train_std_ * np.sqrt(2)), dtype=float)
+        return error_function(z.ravel()).reshape(z.shape).clip(0, 1)
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Anomaly score in [0, 1]: 0 for typical windows, towards 1 far in the tail."""

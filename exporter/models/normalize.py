@@ -59,6 +59,7 @@ All run the same code.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -66,9 +67,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import special
 
-from exporter.kernels import standardised_windows
+from exporter.kernels import standardised_windows, t_as_normal, t_quantiles
 from exporter.models.forest import ArrayForest
 
 EMBED_STEPS = 60  # samples per shape window (the daemon's default window: an hour at 60 s steps)
@@ -79,6 +79,7 @@ BURST_STEPS = 100  # a step must beat the previous this-many steps' evidence to 
 SHAPE_BLOCK = 2048  # rows whose windows are standardised and scored together (bounds a cycle's memory)
 Z_CLIP = 50.0  # standardised samples beyond this are "far", however far
 BAND_Z = 3.0  # signal_expected: the band a normal sample leaves with probability 0.27 %
+BAND_TAIL = math.erfc(BAND_Z / math.sqrt(2.0)) / 2.0  # a normal sample's chance to pass its upper bound
 NULL_ROWS = 10_000  # standard-normal windows the null forest is fitted on
 SEASONS = ("daily",)  # the profiles a normaliser keeps unless told otherwise
 SEASON_BINS = {"daily": 48, "weekly": 168}  # bins per period: 30 min of a day, 1 h of a week
@@ -164,10 +165,8 @@ def owned_by(
 def normal_z(t: np.ndarray, count: np.ndarray) -> np.ndarray:
     """|t| read against a Student t with count - 1 degrees of freedom, as the normal z of the
     same tail probability: the uncertainty of a mean and deviation from few samples."""
-    df = np.maximum(count - 1.0, 1.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tail = special.stdtr(df, -np.abs(t))
-        return np.where(df > 1e4, np.abs(t), -special.ndtri(np.maximum(tail, 1e-300)))
+    t, df = np.broadcast_arrays(np.asarray(t, dtype=float), np.maximum(count - 1.0, 1.0))
+    return t_as_normal(t.ravel(), df.ravel()).reshape(t.shape)
 
 
 def band_width(count: np.ndarray) -> np.ndarray:
@@ -175,7 +174,7 @@ def band_width(count: np.ndarray) -> np.ndarray:
     df = np.maximum(count - 1.0, 1.0)
     # Counts repeat (targets watched alike): the inverse t once per distinct count, a tenth of the time.
     distinct, inverse = np.unique(df, return_inverse=True)
-    return special.stdtrit(distinct, special.ndtr(BAND_Z))[inverse].reshape(df.shape)
+    return t_quantiles(distinct, BAND_TAIL)[inverse].reshape(df.shape)
 
 
 def predictive_factor(count: np.ndarray) -> np.ndarray:
@@ -495,7 +494,9 @@ class AnomalyNormaliser:
         last cycle) is not fed it twice and reads what it read then."""
         rows = self.retain(targets)
         due = self.last_time[rows] < time
-        self.evaluate(rows[due], values[due], forest_raw[due], np.full(int(due.sum()), time))
+        due = slice(None) if due.all() else due  # the usual cycle: the window itself, not a 19 MB copy of it
+        chosen = rows[due]
+        self.evaluate(chosen, values[due], forest_raw[due], np.full(len(chosen), time))
         return Evaluation(self._last_score[rows], self._last_expected[rows], self.history(rows))
 
     def score(

@@ -614,7 +614,7 @@ def _take(array: np.ndarray, rows: np.ndarray, fill: float) -> np.ndarray:
     shape = (len(rows), *array.shape[1:])
     if not len(array):
         return np.full(shape, fill, dtype=array.dtype)
-    out = array[np.where(rows < 0, 0, rows)].copy()
+    out = array[np.where(rows < 0, 0, rows)]  # fancy indexing copies already
     out[rows < 0] = fill
     return out
 

@@ -40,6 +40,7 @@ from exporter.service.drift import DriftTracker
 from exporter.service.exposition import Exposition
 from exporter.service.reload import ModelWatcher
 from exporter.service.state import State
+from exporter.service.turns import Turns
 from exporter.service.warmup import WarmUp
 from exporter.snapshot import Bands, Explanations, ModelInfo, Snapshot, contribution_shares, risk_floor
 from exporter.sources import Owners, Source
@@ -113,9 +114,11 @@ class Daemon:
         self._normaliser: AnomalyNormaliser | None = None
         self._silent: set[str] = set()
         self._clock = clock
+        self._turns = Turns()  # cycles and warm-up chunks, one at a time: their memory never adds up
         read = getattr(source, "read_history", None)  # sources that can read the past warm-start
+        on_error = lambda reason: self.metrics.warmup_errors.labels(reason).inc()  # noqa: E731
         self._warmup = (
-            WarmUp(settings, read, lambda reason: self.metrics.warmup_errors.labels(reason).inc(), clock)
+            WarmUp(settings, read, on_error, clock, self._turns)
             if read is not None and settings.anomaly.warmup > 0
             else None
         )
@@ -135,7 +138,12 @@ class Daemon:
             log.warning("model and config differ", extra={"problem": problem})
 
     def run_cycle(self) -> Snapshot:
-        """One scoring pass; raises CycleFailed when there is nothing to publish."""
+        """One scoring pass; raises CycleFailed when there is nothing to publish. A warm-up
+        chunk under way finishes first (service/turns.py)."""
+        with self._turns.first():
+            return self._score()
+
+    def _score(self) -> Snapshot:
         bundle = self.state.bundle
         if bundle is None:
             raise CycleFailed("no model bundle is loaded")

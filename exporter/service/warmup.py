@@ -34,6 +34,7 @@ from exporter.config import Settings
 from exporter.models.bundle import ModelBundle
 from exporter.models.normalize import AnomalyNormaliser, TargetKey, target_key
 from exporter.models.replay import replay
+from exporter.service.turns import Turns
 from exporter.sources.prometheus import MAX_POINTS, QueryFailed
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,13 @@ class WarmUp:
         read: ReadRange,
         on_error: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        turns: Turns | None = None,
     ) -> None:
         self._settings = settings
         self._read = read
         self._on_error = on_error
         self._clock = clock
+        self._turns = turns or Turns()
         self._thread: threading.Thread | None = None
         self._result: tuple[AnomalyNormaliser, ModelBundle, list[Mapping[str, str]]] | None = None
 
@@ -186,16 +189,17 @@ class WarmUp:
             chunk = grid[begin : begin + steps]
             times = chunk[0] + settings.step * np.arange(-(width - 1), len(chunk))
             carried = abs(chunk[0] - settings.step - lead.end) < settings.step / 2
-            values, keys = self._read(
-                times, wanted, width - 1 if carried else 0, lead.keys if carried else ()
-            )
-            if carried:
-                lead.fill(values, keys)
-            chosen = [dict(zip(labels, key, strict=True)) for key in keys]
-            replay(normaliser, bundle, values, times, chosen, first=width - 1, chunk_rows=CHUNK_ROWS)
-            targets.update((target_key(t), t) for t in chosen)
-            lead.keep(values, keys, times[-1], width - 1)
-            del values  # before the next chunk is read: two chunks' arrays never coexist
+            with self._turns.after():  # never beside a cycle (service/turns.py)
+                values, keys = self._read(
+                    times, wanted, width - 1 if carried else 0, lead.keys if carried else ()
+                )
+                if carried:
+                    lead.fill(values, keys)
+                chosen = [dict(zip(labels, key, strict=True)) for key in keys]
+                replay(normaliser, bundle, values, times, chosen, first=width - 1, chunk_rows=CHUNK_ROWS)
+                targets.update((target_key(t), t) for t in chosen)
+                lead.keep(values, keys, times[-1], width - 1)
+                del values  # before the next chunk is read: two chunks' arrays never coexist
             begin += len(chunk)
 
     def _chunk_steps(self, width: int, targets: int) -> int:

@@ -27,11 +27,12 @@ import numpy as np
 from exporter.config import Settings
 from exporter.features import feature_names
 from exporter.sources.prometheus import (
+    Answer,
     Chunk,
     PrometheusClient,
     QueryFailed,
     align,
-    parse_series,
+    answer_of,
     plan_chunks,
     read_range,
 )
@@ -114,19 +115,20 @@ class HistoryReader:
         self, query: str, timestamps: np.ndarray, chunk: Chunk
     ) -> tuple[dict[str, np.ndarray], list[tuple[str, ...]]]:
         times = timestamps[chunk.first : chunk.last + 1]
-        series = self._query("failure definition", query, times[0], times[-1])
-        values, keys, _ = align({"failed": series}, ("failed",), times, max_targets=len(series) or 1)
+        answer = self._query("failure definition", query, times[0], times[-1])
+        values, keys, _ = align({"failed": answer}, ("failed",), times, max_targets=len(answer.keys) or 1)
         return {"failed": np.isfinite(values[:, :, 0])}, keys
 
-    def _query(self, what: str, query: str, start: float, end: float) -> list:
+    def _query(self, what: str, query: str, start: float, end: float) -> Answer:
         try:
-            result = self.client.query_range(query, start, end, self.settings.step)
-            series, _ = parse_series(result, self.settings.target_labels)
+            answer = answer_of(
+                self.client.query_range(query, start, end, self.settings.step), self.settings.target_labels
+            )
         except QueryFailed as exc:
             raise HistoryError(
                 f"{what} query failed for [{start:.0f}, {end:.0f}] ({exc.reason}): {exc}"
             ) from exc
-        return series
+        return answer
 
     def _chunk_rows(
         self,

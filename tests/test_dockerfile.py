@@ -209,3 +209,14 @@ def test_the_image_builds_its_kernels_ahead_of_time_into_the_installed_package()
     )
     env = " ".join(i.arguments for i in FINAL if i.keyword == "ENV")
     assert "FAILURE_PREDICTOR_KERNELS" not in env, "the image serves the kernels it built"
+
+
+def test_build_image_script_uses_buildah_when_docker_has_no_daemon(tmp_path):
+    """A docker client that cannot reach a daemon (docker info fails, as on CI runners and in
+    containers) cannot build; buildah can."""
+    for name, status in (("docker", 1), ("buildah", 0)):
+        tool = tmp_path / name
+        tool.write_text(f"#!/bin/sh\nexit {status}\n")
+        tool.chmod(0o755)
+    command = build_command(PATH=f"{tmp_path}:/usr/bin:/bin")
+    assert shlex.split(command)[0] == "buildah"

@@ -11,10 +11,10 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-# numba.pycc links the kernels ahead of time with a C compiler and Python's headers (exporter/precompile.py);
-# the runtime stage has neither.
+# numba.pycc builds the kernels ahead of time with C and C++ compilers (numba's runtime is C++) and Python's
+# headers (exporter/precompile.py); the runtime stage has none of them.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
     && if [ ! -f "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then \
          apt-get install -y --no-install-recommends python3-dev; fi \
     && rm -rf /var/lib/apt/lists/*

@@ -9,9 +9,9 @@ whenever it matches the source (exporter/compiled.py). What compiles them is the
 work (two cycles over a simulated cluster, explanations included, a Prometheus range answer and
 a prediction body decoded), so the signatures built are the ones serving calls; each public
 kernel has exactly one. The code is generic for the machine's architecture (x86-64, arm64), so
-an image built on one machine runs on any other of that architecture. Building needs a C
-compiler and Python's headers (gcc, python3-dev); a module already built from the same source
-is left as it is. The image build, scripts/test and scripts/demo run this.
+an image built on one machine runs on any other of that architecture. Building needs C and C++
+compilers (numba's runtime is C++) and Python's headers (gcc, g++, python3-dev); a module built
+from the same source is left as it is. The image build, scripts/test and scripts/demo run this.
 """
 
 from __future__ import annotations

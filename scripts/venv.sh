@@ -69,13 +69,14 @@ ensure_venv() {
 }
 
 # ensure_kernels [required]: the kernels compiled ahead of time into the package (python -m
-# exporter.precompile: ~30 s the first time, skipped while kernels.py is unchanged). Needs a C
-# compiler and Python's headers: with "required" they are installed from Debian when missing and a
+# exporter.precompile: ~30 s the first time, skipped while kernels.py is unchanged). Needs C and
+# C++ compilers and Python's headers: with "required" they are installed from Debian when missing and a
 # failed build stops the script; otherwise the daemon compiles its kernels with numba on first use.
 ensure_kernels() {
   local required=${1:-} need=() include
   include=$("$VENV_PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
   command -v gcc >/dev/null || need+=(gcc libc6-dev)
+  command -v g++ >/dev/null || need+=(g++)  # numba's runtime, linked into the module, is C++
   [ -f "$include/Python.h" ] || need+=("$("$VENV_PYTHON" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}-dev")')")
   if [ ${#need[@]} -gt 0 ]; then
     if [ -z "$required" ]; then

@@ -198,8 +198,8 @@ def test_oci_labels_name_the_image_and_its_version():
 
 def test_the_image_builds_its_kernels_ahead_of_time_into_the_installed_package():
     build_runs = " ".join(i.arguments for i in STAGES[1] if i.keyword == "RUN")
-    assert re.search(r"apt-get install -y --no-install-recommends gcc libc6-dev", build_runs), (
-        "pycc links with gcc"
+    assert re.search(r"apt-get install -y --no-install-recommends gcc g\+\+ libc6-dev", build_runs), (
+        "pycc compiles with gcc, numba's runtime with g++"
     )
     assert re.search(r"&& cd / && \S+/bin/python -m exporter\.precompile \\?\s*&&", build_runs), (
         "the build stage compiles into the installed package (from /, not /src), its default directory"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -57,6 +58,24 @@ def test_one_unparsable_sample_drops_only_its_series(answer: bytes) -> None:
         assert victim["metric"] not in decoded.labels
         assert len(decoded.labels) == len(body["data"]["result"]) - 1
         assert np.isfinite(decoded.values).all()
+
+
+def test_same_labels_reuse_the_known_placeholder_unless_a_series_is_dropped(answer: bytes) -> None:
+    """The source keeps a placeholder, not the label objects, for an answer's next cycle."""
+    first = decode_matrix(answer)
+    placeholder: list[dict] = []
+    known = replace(first, labels=placeholder)
+    again = decode_matrix(answer, known)
+    assert again.labels is placeholder, "same label text: nothing parsed, the placeholder returned"
+    np.testing.assert_array_equal(again.values, first.values)
+
+    start = answer.index(b'"values":[')  # series 0's samples; its first value's string in place:
+    opening = answer.index(b',"', start) + 2
+    closing = answer.index(b'"', opening)
+    corrupted = decode_matrix(answer[:opening] + b"not-a-number" + answer[closing:], known)
+    assert corrupted.unparsable == 1
+    assert corrupted.labels is not placeholder
+    assert corrupted.labels == first.labels[1:]
 
 
 def test_other_layouts_take_the_generic_path(answer: bytes) -> None:

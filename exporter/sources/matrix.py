@@ -57,7 +57,9 @@ def decode_matrix(body: bytes, known: Matrix | None = None) -> Matrix | None:
     None means "use the generic path" (``matrix_of(json.loads(body))``), never an error.
     When the label objects are byte for byte ``known``'s (the same query a cycle ago, no
     pod came or went), ``known.labels`` is reused as is: nothing is parsed again, and the
-    caller can tell by identity that its per-series work from then still holds.
+    caller can tell by identity that its per-series work from then still holds (it may keep a
+    placeholder there instead of the label objects; an answer that drops a series because a
+    sample is not a number parses its labels again).
     """
     if not body.startswith(_PREFIX):
         return None
@@ -66,7 +68,8 @@ def decode_matrix(body: bytes, known: Matrix | None = None) -> Matrix | None:
     if not layout:
         return None
     label_bytes = label_text.tobytes()
-    if known is not None and known.label_text == label_bytes:
+    reused = known is not None and known.label_text == label_bytes
+    if reused:
         labels = known.labels
     else:
         try:
@@ -86,6 +89,8 @@ def decode_matrix(body: bytes, known: Matrix | None = None) -> Matrix | None:
     if not len(unparsable):
         timestamps, values = np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
         return Matrix(labels, timestamps, values, offsets, label_text=label_bytes)
+    if reused:  # series are dropped: each one's own labels are needed (known may hold a placeholder)
+        labels = json.loads(label_bytes)
     bad = set((np.searchsorted(offsets, unparsable // 2, side="right") - 1).tolist())
     parts = [None if i in bad else pairs[offsets[i] : offsets[i + 1]] for i in range(len(labels))]
     return _assemble(labels, parts)

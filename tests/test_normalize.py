@@ -72,7 +72,9 @@ def test_a_young_target_already_scores_a_spike_but_less_surely_than_an_old_one()
     young, old = x.copy(), x.copy()
     young[8] = old[500] = x[:8].mean() + 12 * x[:8].std()
     early, late = replay(young), replay(old)
-    assert early[8] > 0.6  # a spike on 8 samples of history already reads as one
+    # a spike on 8 samples of history already reads as one (0.63 before single-signal targets
+    # were calibrated: their evidence is now read against a stationary series' too, 0.57)
+    assert early[8] > 0.55
     assert early[8] < late[500]  # ... but with the uncertainty of 8 samples, not of 500
 
 

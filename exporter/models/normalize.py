@@ -24,6 +24,19 @@ the usual oddness as 0. The evidence is z = mean(max over signals of 1, max over
 a step whose z is not above every z of the target's previous ``BURST_STEPS`` steps reads 0, so
 one incident raises one alarm, not one per step.
 
+**Single-signal targets** (at most ``CALIBRATED_SIGNALS`` signals with statistics: a pod that
+only reports cpu, one series of a recording) have no multi-signal view to weigh one signal's
+oddness against, and single series differ in how odd they usually are. So there the evidence is
+read against the target's own running mean and deviation of its evidence, t-corrected, counting
+only how far it lies above the usual; those statistics start from a stationary series' evidence
+(``EVIDENCE_PRIOR``: each part about |N(0, 1)|), worth as many samples as the prior says, so a
+young target is judged mostly against that and a long-watched one against itself; and they lag
+the burst memory (a step's evidence joins them when it leaves it), so a rise over the recent
+stretch is judged rather than absorbed while it lasts. The result is scaled by
+``CALIBRATED_GAIN`` and reported as z / (1 + z); a step is a new burst there only if it beats the
+previous ``BURST_STEPS`` steps' largest by more than ``BURST_MARGIN``. Targets with more signals
+are scored as above, uncalibrated.
+
 **Short histories.** A mean and deviation from n samples are uncertain; the score accounts for
 it instead of waiting: a deviation is read as a Student t with n - 1 degrees of freedom against
 the predictive spread s * sqrt((n + 1) / (n - 1)) and turned into the normal z of the same tail
@@ -88,6 +101,13 @@ SEASON_MIN_PERIODS = 2.0  # periods watched before a profile may be used
 SEASON_GAIN = 0.5  # a profile is used when the residual keeps less than this share of the variance
 SEASON_MEMORY = 8  # visits per bin: exact up to this many, exponential afterwards (at most 255)
 SEED = 0
+CALIBRATED_SIGNALS = 1  # targets with at most this many signals read their evidence against their own
+# (count, mean, variance) a single-signal target's evidence statistics start from: a stationary
+# series' evidence, each of its three parts about |N(0, 1)| (mean sqrt(2 / pi), variance 1 - 2 / pi)
+# and the evidence their mean (taken as independent), worth this many samples
+EVIDENCE_PRIOR = (3000.0, float(np.sqrt(2.0 / np.pi)), (1.0 - 2.0 / np.pi) / 3.0)
+CALIBRATED_GAIN = 0.5  # calibrated z -> evidence: keeps the 0.75 alert's false alarms on cpu-only pods
+BURST_MARGIN = 0.02  # calibrated: a new burst beats the previous BURST_STEPS steps' largest by this share
 
 TargetKey = tuple[tuple[str, str], ...]
 WorkloadOf = Callable[[Mapping[str, str]], object]
@@ -184,18 +204,23 @@ def predictive_factor(count: np.ndarray) -> np.ndarray:
 
 
 class RunningStats:
-    """Running mean and variance per (state row, column), updated with a capped Welford step."""
+    """Running mean and variance per (state row, column), updated with a capped Welford step.
+    A fresh row starts empty, or from ``prior``: (count, mean, variance) as if that many
+    samples of that mean and variance had been seen."""
 
-    def __init__(self, columns: int, memory: int = MEMORY_STEPS) -> None:
+    def __init__(
+        self, columns: int, memory: int = MEMORY_STEPS, prior: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    ) -> None:
         self.memory = memory
+        self.prior = dict(zip(("count", "mean", "var"), prior, strict=True))
         self.count = np.zeros((0, columns))
         self.mean = np.zeros((0, columns))
         self.var = np.zeros((0, columns))
 
     def take(self, rows: np.ndarray) -> None:
         """Keep the given state rows, in that order (repeats copy); -1 starts a fresh row."""
-        for name in ("count", "mean", "var"):
-            setattr(self, name, _take(getattr(self, name), rows, 0.0))
+        for name, fill in self.prior.items():
+            setattr(self, name, _take(getattr(self, name), rows, fill))
 
     def location(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(count, mean, predictive deviation) per row; mean and deviation are NaN until
@@ -291,7 +316,7 @@ class Evaluation:
 
 class AnomalyNormaliser:
     """Per-target state keyed by label set: running statistics of each signal and of each raw
-    score, seasonal profiles, and the last BURST_STEPS evidence values. Targets not passed to
+    score and of the evidence, seasonal profiles, and the last BURST_STEPS evidence values. Targets not passed to
     ``retain`` are dropped (or kept as their workload's donor), so the state is bounded by the
     targets currently watched."""
 
@@ -314,6 +339,7 @@ class AnomalyNormaliser:
         self._donors: dict[object, int] = {}  # workload -> state row of a vanished target
         self._values = RunningStats(len(self.signals))
         self._raw = RunningStats(len(self.signals) + 1)  # shape per signal, then the bundle forest
+        self._evidence = RunningStats(1, prior=EVIDENCE_PRIOR)  # a single-signal target's usual oddness
         self._seasons = [
             SeasonalProfile(len(self.signals), PERIOD_SECONDS[name], SEASON_BINS[name])
             for name in (SEASONS if seasons is None else seasons)
@@ -426,6 +452,7 @@ class AnomalyNormaliser:
     def _take(self, order: np.ndarray, inherited: np.ndarray) -> None:
         self._values.take(order)
         self._raw.take(order)
+        self._evidence.take(order)
         for season in self._seasons:
             season.take(order)
         fresh = (order < 0) | inherited
@@ -447,9 +474,11 @@ class AnomalyNormaliser:
         take = (mine >= 0) & (theirs >= 0)
         take[take] = other.history(theirs[take]) > self.history(mine[take])
         dst, src = mine[take], theirs[take]
-        for a, b in [(self._values, other._values), (self._raw, other._raw)] + [
-            (s.residual, o.residual) for s, o in zip(self._seasons, other._seasons, strict=True)
-        ]:
+        for a, b in [
+            (self._values, other._values),
+            (self._raw, other._raw),
+            (self._evidence, other._evidence),
+        ] + [(s.residual, o.residual) for s, o in zip(self._seasons, other._seasons, strict=True)]:
             for name in ("count", "mean", "var"):
                 getattr(a, name)[dst] = getattr(b, name)[src]
         for s, o in zip(self._seasons, other._seasons, strict=True):
@@ -530,10 +559,12 @@ class AnomalyNormaliser:
         scale = np.full_like(center, np.nan)
         count = np.zeros_like(center)
         history = np.zeros(n)
+        known = np.zeros(n)  # signals with statistics before each row's sample
         for step in steps:
             r = rows[step]
             when = None if times is None else np.asarray(times, dtype=float)[step]
             history[step] = self.history(r)
+            known[step] = (self._values.count[r] >= MIN_STEPS).sum(axis=1)
             count[step], center[step], scale[step], offset[step], entered = self._expect(r, when)
             newest = windows[step, -1, :]
             if when is not None:
@@ -551,16 +582,39 @@ class AnomalyNormaliser:
         for step in steps:
             raw_z = self._raw.z(rows[step], raw[step])
             self._raw.update(rows[step], raw[step])
-            evidence = np.column_stack(
-                [_nanmax(value_z[step]), _nanmax(raw_z[:, :-1]), np.nan_to_num(raw_z[:, -1], nan=0.0)]
-            ).mean(axis=1)
-            recent = self._recent[rows[step]]
-            fresh = evidence > recent.max(axis=1)
-            self._recent[rows[step]] = np.column_stack([recent[:, 1:], evidence])
-            out[step] = np.where(fresh, evidence / (1.0 + evidence), 0.0)
+            out[step] = self._report(rows[step], value_z[step], raw_z, history[step], known[step])
         # Rows of one target are in time order: the last assignment is its newest.
         self._last_score[rows], self._last_expected[rows] = out, expected
         return Evaluation(out, expected, history)
+
+    def _report(
+        self, rows: np.ndarray, value_z: np.ndarray, raw_z: np.ndarray, history: np.ndarray, known: np.ndarray
+    ) -> np.ndarray:
+        """One step of distinct rows: ``value_z[rows, signals]`` and ``raw_z[rows, signals + 1]``
+        (shape per signal, then the bundle forest; NaN where unknown), the samples behind each
+        row's statistics and its signals with statistics -> the reported score."""
+        evidence = np.column_stack(
+            [_nanmax(value_z), _nanmax(raw_z[:, :-1]), np.nan_to_num(raw_z[:, -1], nan=0.0)]
+        ).mean(axis=1)
+        recent = self._recent[rows]
+        # The evidence statistics lag the burst memory: the step leaving it joins them now, so a
+        # rise over the last BURST_STEPS steps is judged, not absorbed, while it lasts.
+        self._evidence.update(rows, recent[:, :1])
+        both = np.column_stack([evidence, recent.max(axis=1)])
+        single = known <= CALIBRATED_SIGNALS
+        if single.any():
+            count, mean, scale = self._evidence.location(rows[single])
+            with np.errstate(invalid="ignore"):
+                t = (both[single] - mean) / scale
+                both[single] = CALIBRATED_GAIN * np.where(
+                    t > 0.0, normal_z(t, count), 0.0
+                )  # below the usual: 0
+        fresh = both[:, 0] > np.where(single, 1.0 + BURST_MARGIN, 1.0) * both[:, 1]
+        # Evidence means something once the target's statistics do (MIN_STEPS samples).
+        self._recent[rows] = np.column_stack(
+            [recent[:, 1:], np.where(history >= MIN_STEPS, evidence, -np.inf)]
+        )
+        return np.where(fresh, both[:, 0] / (1.0 + both[:, 0]), 0.0)
 
     def _shape_scores(self, windows: np.ndarray, level: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """The null forest's raw score of each row's standardised window per signal, ``[rows,

@@ -113,7 +113,7 @@ def backfilled(
     return workdir
 
 
-def settings_for(url: str, targets: int, shard: tuple[int, int]) -> Settings:
+def settings_for(url: str, targets: int, shard: tuple[int, int], by: str | None = None) -> Settings:
     return Settings.model_validate(
         {
             "prometheus": {"url": url, "timeout": "300s", "deadline": "600s"},
@@ -121,7 +121,7 @@ def settings_for(url: str, targets: int, shard: tuple[int, int]) -> Settings:
             "lookback": f"{STEP * WINDOW}s",
             "signals": {signal: f"sim_{signal}{{{{selector}}}}" for signal in SIGNALS},
             "max_targets": targets,
-            "shard": {"index": shard[0], "count": shard[1]},
+            "shard": {"index": shard[0], "count": shard[1], "by": by},
         }
     )
 
@@ -178,12 +178,14 @@ def wait_for_warmup(daemon: Daemon) -> float:
     return time.perf_counter() - started
 
 
-def measure_prometheus(targets: int, shard: tuple[int, int], cache: Path, model: Path) -> dict:
+def measure_prometheus(
+    targets: int, shard: tuple[int, int], cache: Path, model: Path, by: str | None = None
+) -> dict:
     """One N in this process: the first (full) cycle, incremental cycles, the raw query, peak RSS."""
     from servers import PrometheusServer
 
     with PrometheusServer(backfilled(targets, cache)) as prometheus:
-        settings = settings_for(prometheus.url, targets, shard)
+        settings = settings_for(prometheus.url, targets, shard, by)
         clock = [float(END) + 1.0]
         source = PrometheusSource(settings, clock=lambda: clock[0])
         daemon = Daemon(settings, source, load_bundle(model), clock=lambda: clock[0])
@@ -269,13 +271,18 @@ def main() -> None:
     parser.add_argument("--targets", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--prometheus", action="store_true", help="against a real, backfilled Prometheus")
     parser.add_argument("--shards", type=int, default=1, help="measure shard 0 of this many")
+    parser.add_argument("--shard-by", help="shard.by: assign targets by this label (e.g. pod), not by hash")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/failure-predictor-bench"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", type=Path, default=BOOTSTRAP_MODEL)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child: one N, JSON out
     args = parser.parse_args()
     if args.prometheus and args.one:
-        print(json.dumps(measure_prometheus(args.targets[0], (0, args.shards), args.cache, args.model)))
+        print(
+            json.dumps(
+                measure_prometheus(args.targets[0], (0, args.shards), args.cache, args.model, args.shard_by)
+            )
+        )
         return
     if args.prometheus:
         results = []
@@ -283,6 +290,7 @@ def main() -> None:
             backfilled(targets, args.cache)  # here, so the child's peak RSS is the daemon's alone
             child = [sys.executable, __file__, "--prometheus", "--one", "--targets", str(targets)]
             child += ["--shards", str(args.shards), "--cache", str(args.cache), "--model", str(args.model)]
+            child += ["--shard-by", args.shard_by] if args.shard_by else []
             done = subprocess.run(child, check=True, stdout=subprocess.PIPE, text=True)
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print_prometheus(results[-1:], header=len(results) == 1)

@@ -368,10 +368,18 @@ class ShardSettings(_Strict):
     window's history only for its own, through the ``{selector}`` placeholder of the signal
     queries (README "Sharding"). The Helm chart's StatefulSet sets
     ``FAILURE_PREDICTOR_SHARD__INDEX`` from each pod's ordinal.
+
+    ``by`` (a target label, e.g. ``pod``) assigns targets by the last character of that label's
+    value instead, which PromQL can match: every query of a replica then selects its own targets
+    (``by=~".*[...]"`` through ``{selector}``), so Prometheus sends each replica about 1/count of
+    the series. Kubernetes names ReplicaSet pods with a random last character from 27; they are
+    dealt round-robin first (4 shards get 7/7/7/6 of them). StatefulSet pods end in their ordinal
+    and spread less evenly.
     """
 
     index: int = Field(default=0, ge=0)
     count: int = Field(default=1, ge=1, le=1024)
+    by: str | None = None
 
     @model_validator(mode="after")
     def _index_in_range(self) -> ShardSettings:
@@ -442,6 +450,16 @@ class Settings(_Strict):
             raise ValueError("stale_after must be at least one interval")
         if not self.queries:
             raise ValueError("every signal is disabled: at least one signal is needed")
+        if self.shard.by is not None:
+            if self.shard.by not in self.target_labels:
+                raise ValueError(
+                    f"shard.by ({self.shard.by!r}) must be one of the target labels {list(self.target_labels)}"
+                )
+            plain = sorted(s for s, query in self.signal_templates.items() if "{selector}" not in query)
+            if plain:
+                raise ValueError(
+                    f"shard.by selects each replica's series through {{selector}}: add it to {plain}"
+                )
         anomaly = self.anomaly
         if anomaly.workload_source == "kube_pod_owner":
             wanted = {

@@ -421,6 +421,11 @@ def test_service_monitor_scrapes_the_service_as_the_rules_expect(chart):
     assert 'job="failure-predictor"' in RULES.read_text()
 
 
+def test_shard_by_reaches_the_daemon_config(chart):
+    docs = render(chart, {"shards": 4, "shardBy": "pod"})
+    assert daemon_config(docs)["shard"] == {"index": 0, "count": 4, "by": "pod"}
+
+
 def test_shards_run_as_a_statefulset_whose_ordinal_is_the_shard(chart):
     docs = render(chart, {"shards": 3})
     sts = only(docs, "StatefulSet")

@@ -73,7 +73,7 @@ def test_replicas_per_shard_with_shards_give_ordinal_modulo_shards(chart, ordina
         text=True,
         check=True,
     )
-    assert yaml.safe_load(result.stdout)["shard"] == {"index": ordinal % 3, "count": 3}
+    assert yaml.safe_load(result.stdout)["shard"] == {"index": ordinal % 3, "count": 3, "by": None}
 
 
 def test_release_label_lands_on_every_object_prometheus_selects(chart):

@@ -427,8 +427,9 @@ def read_range(
     wanted = None if only is None else set(only)
     narrow = wanted is not None and 0 < len(wanted) <= NARROW_MAX
     selector = matcher(wanted, settings.target_labels) if narrow else ""
+    if sharded:
+        selector = shard_matcher(settings) + selector
     per_signal = {}
-    shard = settings.shard
     for signal, template in settings.signal_templates.items():
         try:
             query = settings.fill(template, selector)
@@ -438,8 +439,8 @@ def read_range(
             )
         except QueryFailed as exc:
             raise QueryFailed(exc.reason, f"{describe(signal)} ({exc.reason}): {exc}") from exc
-        if sharded and shard.count > 1:
-            answer = answer.only(lambda key: shard_of(key, shard.count) == shard.index)
+        if sharded and settings.shard.count > 1:
+            answer = answer.only(lambda key: is_mine(key, settings))
         if wanted is not None:
             answer = answer.only(wanted.__contains__)
         per_signal[signal] = answer
@@ -501,6 +502,34 @@ def shard_of(key: Sequence[str], count: int) -> int:
     """The shard a target belongs to: stable across processes and restarts, unlike hash()."""
     digest = hashlib.sha1("\x00".join(key).encode()).digest()
     return int.from_bytes(digest[:8], "big") % count
+
+
+# Last characters of a DNS name, dealt to shards round-robin in this order: first the 27 that end
+# a ReplicaSet pod's random suffix (Kubernetes' rand.String alphabet), then the other nine.
+SHARD_CHARACTERS = "bcdfghjklmnpqrstvwxz2456789" + "013aeiouy"
+
+
+def is_mine(key: Sequence[str], settings: Settings) -> bool:
+    """Whether a target is this replica's (ShardSettings): by hash, or by the last character of
+    the ``shard.by`` label (anything outside SHARD_CHARACTERS, e.g. upper case: shard 0)."""
+    shard = settings.shard
+    if shard.by is None:
+        return shard_of(key, shard.count) == shard.index
+    value = key[settings.target_labels.index(shard.by)]
+    position = SHARD_CHARACTERS.find(value[-1:]) if value else -1
+    return (position % shard.count if position >= 0 else 0) == shard.index
+
+
+def shard_matcher(settings: Settings) -> str:
+    """``{selector}`` matchers of this replica's targets with ``shard.by`` (a trailing comma), or
+    nothing: the same rule as ``is_mine``, written as an RE2 regex Prometheus anchors."""
+    shard = settings.shard
+    if shard.by is None or shard.count == 1:
+        return ""
+    pattern = f".*[{SHARD_CHARACTERS[shard.index :: shard.count]}]"
+    if shard.index == 0:
+        pattern += f"|.*[^{SHARD_CHARACTERS}]"
+    return f'{shard.by}=~"{pattern}",'
 
 
 _REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
@@ -615,6 +644,9 @@ class PrometheusSource:
         self._full_at = -math.inf
         self._stale: set[int] = set()
         self._owners = OwnerReader(settings, self._client.query_labels) if settings.reads_owners else None
+        self._shard_selector = shard_matcher(settings)  # with shard.by: every query selects ours only
+        # Hashed shards cannot be selected in PromQL: they learn who exists from the newest steps.
+        self._hashed = settings.shard.count > 1 and settings.shard.by is None
         for signal, template in self._templates.items():
             if "{selector}" not in template and settings.shard.count > 1:
                 log.warning(
@@ -631,7 +663,7 @@ class PrometheusSource:
     def fetch(self) -> Fetch:
         end = float(self.window()[-1])
         window, recent = self._roll(end)
-        sharded = self._settings.shard.count > 1
+        sharded = self._hashed
         every = range(len(self.signals))
         first_reads = [
             _Read(s, 0 if (s in self._stale and not sharded) else self._points - recent, self._points - 1)
@@ -683,12 +715,12 @@ class PrometheusSource:
         rows need it for certain (a shard's own targets, a signal being re-read), not for new pods,
         whose older samples exist only if they arrived later than ``reread_steps``."""
         narrowable = "{selector}" in self._templates[self.signals[signal]]
-        return narrowable or self._settings.shard.count > 1 or signal in self._stale
+        return narrowable or self._hashed or signal in self._stale
 
     def _roll(self, end: float) -> tuple[RollingWindow, int]:
         """The window moved to ``end`` and how many newest columns to (re-)read for every target."""
         settings, window = self._settings, self._window
-        sharded = settings.shard.count > 1
+        sharded = self._hashed
         full = (
             window is None
             or end < window.end
@@ -723,7 +755,7 @@ class PrometheusSource:
         selector = ""
         if read.rows is not None and "{selector}" in template:
             selector = matcher([window.keys[i] for i in read.rows], self._settings.target_labels)
-        query = self._settings.fill(template, selector)
+        query = self._settings.fill(template, self._shard_selector + selector)
         start, end = window.timestamps[read.first], window.timestamps[read.last]
         whole = read.rows is None and read.last - read.first > self._settings.reread_steps
         known, plan = self._plans.get(read.signal, (None, None)) if read.rows is None else (None, None)
@@ -781,9 +813,9 @@ class PrometheusSource:
         """Whether each key is this shard's: hashed once while the target lasts, not per series
         per cycle (a shard's plans see every target of the cluster). A whole read's keys become
         the ones remembered, so the memory is bounded by the targets that exist."""
-        shard, known = self._settings.shard, self._shards
+        known = self._shards
         members = {
-            key: known[key] if key in known else shard_of(key, shard.count) == shard.index
+            key: known[key] if key in known else is_mine(key, self._settings)
             for key in keys
             if key is not None
         }

@@ -89,7 +89,9 @@ app.kubernetes.io/part-of: failure-predictor
 {{- end }}
 {{- $modelPath := .Values.model.bundledPath }}
 {{- if include "failure-predictor.modelVolume" . }}{{- $modelPath = .Values.model.mountPath }}{{- end }}
-{{- $managed := dict "prometheus" $prom "listen" (dict "address" "0.0.0.0" "port" (int .Values.containerPort)) "shard" (dict "index" 0 "count" (int .Values.shards)) }}
+{{- $shard := dict "index" 0 "count" (int .Values.shards) }}
+{{- if .Values.shardBy }}{{- $_ := set $shard "by" .Values.shardBy }}{{- end }}
+{{- $managed := dict "prometheus" $prom "listen" (dict "address" "0.0.0.0" "port" (int .Values.containerPort)) "shard" $shard }}
 {{- if $modelPath }}{{- $_ := set $managed "model" (dict "path" $modelPath) }}{{- end }}
 {{- $api := dict }}
 {{- if .Values.api.tokenSecret.name }}{{- $_ := set $api "token_file" (printf "%s/token" (include "failure-predictor.apiDir" .)) }}{{- end }}

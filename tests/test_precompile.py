@@ -84,13 +84,18 @@ def test_a_second_build_from_the_same_source_is_skipped(built: Path) -> None:
     assert compiled.module_file(built).stat().st_mtime_ns == before
 
 
+def stale_copy(built: Path, directory: Path) -> Path:
+    """A copy of the build whose spec names another kernels.py."""
+    shutil.copytree(built, directory)
+    spec = json.loads((directory / compiled.SPEC).read_text())
+    (directory / compiled.SPEC).write_text(json.dumps(spec | {"source": "0" * 64}))
+    return directory
+
+
 def test_kernels_built_from_other_source_or_altered_are_refused(built: Path, tmp_path: Path) -> None:
     digest = compiled.source_digest()
-    stale, altered = tmp_path / "stale", tmp_path / "altered"
-    for copy in (stale, altered):
-        shutil.copytree(built, copy)
-    spec = json.loads((stale / compiled.SPEC).read_text())
-    (stale / compiled.SPEC).write_text(json.dumps(spec | {"source": "0" * 64}))
+    stale, altered = stale_copy(built, tmp_path / "stale"), tmp_path / "altered"
+    shutil.copytree(built, altered)
     with compiled.module_file(altered).open("r+b") as module:
         module.seek(4096)
         module.write(b"\x90" * 16)
@@ -104,10 +109,7 @@ def test_kernels_built_from_other_source_or_altered_are_refused(built: Path, tmp
 
 
 def test_a_refused_build_falls_back_to_numba_and_says_why(built: Path, tmp_path: Path) -> None:
-    stale = tmp_path / "stale"
-    shutil.copytree(built, stale)
-    spec = json.loads((stale / compiled.SPEC).read_text())
-    (stale / compiled.SPEC).write_text(json.dumps(spec | {"source": "0" * 64}))
+    stale = stale_copy(built, tmp_path / "stale")
     probe = "from exporter import kernels; print(kernels.MODE)"
     done = run(["-c", probe], cwd=tmp_path, **{compiled.SELECT: str(stale)})
     assert done.returncode == 0, done.stderr

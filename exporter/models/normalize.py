@@ -563,8 +563,9 @@ class AnomalyNormaliser:
         for step in steps:
             r = rows[step]
             when = None if times is None else np.asarray(times, dtype=float)[step]
-            history[step] = self.history(r)
-            known[step] = (self._values.count[r] >= MIN_STEPS).sum(axis=1)
+            counts = self._values.count[r]  # samples behind each signal's statistics so far
+            history[step] = counts.max(axis=1)  # as self.history(r)
+            known[step] = (counts >= MIN_STEPS).sum(axis=1)
             count[step], center[step], scale[step], offset[step], entered = self._expect(r, when)
             newest = windows[step, -1, :]
             if when is not None:
